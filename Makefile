@@ -1,0 +1,159 @@
+# libpjwebsock build, test and install.
+#
+#   make            build build/lib/libpjwebsock.so (+ soname links)
+#   make demo       build, start a local echo server, run the example client
+#   make test       everything CI runs: Rust unit tests, header check,
+#                   C tests natively and under valgrind, examples
+#   make header     regenerate include/pjwebsock/websock.h (pinned cbindgen)
+#   make install PREFIX=/usr/local DESTDIR=
+
+PREFIX   ?= /usr/local
+DESTDIR  ?=
+LIBDIR   ?= $(PREFIX)/lib
+INCDIR   ?= $(PREFIX)/include
+
+CARGO    ?= cargo
+CC       ?= cc
+CXX      ?= c++
+PYTHON   ?= python3
+VERSION  := 0.1.0
+SONAME   := libpjwebsock.so.0
+CBINDGEN_VERSION := 0.29.4
+
+ROOT     := $(abspath .)
+BUILD    := $(ROOT)/build
+VENV     := $(ROOT)/.venv
+TOOLS    := $(ROOT)/.tools
+CBINDGEN := $(TOOLS)/bin/cbindgen
+HEADER   := include/pjwebsock/websock.h
+
+CFLAGS_TEST := -std=c11 -D_GNU_SOURCE -g -O1 -Wall -Wextra -Werror -Iinclude -Ic-tests
+LDFLAGS_TEST := -L$(BUILD)/lib -lpjwebsock -Wl,-rpath,$(BUILD)/lib -lpthread
+
+RUST_SRC := $(shell find src -name '*.rs' -o -name '*.c') Cargo.toml build.rs
+CTEST_SRC := $(wildcard c-tests/test_*.c)
+CTESTS   := $(patsubst c-tests/%.c,$(BUILD)/c-tests/%,$(CTEST_SRC))
+EXAMPLE_SRC := $(wildcard examples-c/*.c)
+EXAMPLES := $(patsubst examples-c/%.c,$(BUILD)/examples/%,$(EXAMPLE_SRC))
+
+.PHONY: all lib demo test test-rust test-c test-valgrind check-header header \
+        c-tests examples deps venv install uninstall clean check-symbols
+
+all: lib
+
+lib: $(BUILD)/lib/$(SONAME)
+
+$(BUILD)/lib/$(SONAME): $(RUST_SRC)
+	$(CARGO) build --release --lib
+	mkdir -p $(BUILD)/lib
+	cp target/release/libpjwebsock.so $@
+	ln -sf $(SONAME) $(BUILD)/lib/libpjwebsock.so
+	cp target/release/libpjwebsock.a $(BUILD)/lib/libpjwebsock.a
+
+# ---- system and Python dependencies ------------------------------------
+
+deps:
+	@missing=""; \
+	command -v valgrind >/dev/null || missing="$$missing valgrind"; \
+	command -v pkg-config >/dev/null || missing="$$missing pkg-config"; \
+	[ -f /usr/include/openssl/ssl.h ] || missing="$$missing libssl-dev"; \
+	command -v openssl >/dev/null || missing="$$missing openssl"; \
+	$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+venv: $(VENV)/.ok
+
+$(VENV)/.ok: tests/requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q -r tests/requirements.txt
+	touch $@
+
+# ---- header ------------------------------------------------------------
+
+$(CBINDGEN):
+	$(CARGO) install cbindgen --version $(CBINDGEN_VERSION) --locked --root $(TOOLS) -q
+
+header: $(CBINDGEN)
+	$(CBINDGEN) --config cbindgen.toml --crate pjwebsock --output $(HEADER) -q
+
+check-header: $(CBINDGEN)
+	@$(CBINDGEN) --config cbindgen.toml --crate pjwebsock --output $(BUILD)/websock.h.new -q
+	@if ! cmp -s $(BUILD)/websock.h.new $(HEADER); then \
+	  diff -u $(HEADER) $(BUILD)/websock.h.new | head -40; \
+	  echo "FAIL: $(HEADER) is stale; run 'make header' and commit it"; exit 1; \
+	fi
+	@echo "header: $(HEADER) is up to date"
+
+# The header compiles alone in C99 and C++, and after pjlib-style guards.
+check-header-compiles: $(HEADER)
+	mkdir -p $(BUILD)
+	$(CC) -std=c99 -pedantic -Wall -Wextra -Werror -Iinclude -c c-tests/header_alone.c -o $(BUILD)/header_alone.o
+	$(CXX) -std=c++11 -Wall -Wextra -Werror -Iinclude -c c-tests/header_cxx.cpp -o $(BUILD)/header_cxx.o
+
+# Only the pj_websock_* API is exported from the shared library.
+check-symbols: lib
+	@bad=$$(nm -D --defined-only $(BUILD)/lib/$(SONAME) | awk '{print $$3}' | grep -v '^pj_websock_' || true); \
+	if [ -n "$$bad" ]; then echo "FAIL: unexpected exported symbols:"; echo "$$bad"; exit 1; fi; \
+	readelf -d $(BUILD)/lib/$(SONAME) | grep -q 'SONAME.*$(SONAME)' || { echo "FAIL: soname is not $(SONAME)"; exit 1; }; \
+	echo "symbols: only pj_websock_* exported, soname $(SONAME)"
+
+# ---- C tests and examples ----------------------------------------------
+
+$(BUILD)/c-tests/%: c-tests/%.c c-tests/common.c c-tests/common.h $(HEADER) $(BUILD)/lib/$(SONAME)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_TEST) $< c-tests/common.c $(LDFLAGS_TEST) -o $@
+
+$(BUILD)/examples/%: examples-c/%.c $(HEADER) $(BUILD)/lib/$(SONAME)
+	@mkdir -p $(dir $@)
+	$(CC) -std=c11 -D_GNU_SOURCE -O2 -Wall -Wextra -Werror -Iinclude $< $(LDFLAGS_TEST) -o $@
+
+c-tests: $(CTESTS)
+examples: $(EXAMPLES)
+
+# ---- test --------------------------------------------------------------
+
+test: deps
+	@bash tests/stage.sh "cargo test" $(MAKE) --no-print-directory test-rust
+	@bash tests/stage.sh "build" $(MAKE) --no-print-directory lib c-tests examples
+	@bash tests/stage.sh "header" $(MAKE) --no-print-directory check-header check-header-compiles check-symbols
+	@bash tests/stage.sh "venv" $(MAKE) --no-print-directory venv
+	@bash tests/stage.sh "c tests" $(MAKE) --no-print-directory test-c
+	@bash tests/stage.sh "c tests under valgrind" $(MAKE) --no-print-directory test-valgrind
+
+test-rust:
+	$(CARGO) test --release --lib -q
+
+test-c: venv c-tests examples
+	$(VENV)/bin/python tests/run_c_tests.py --bindir $(BUILD)/c-tests --exdir $(BUILD)/examples
+
+test-valgrind: venv c-tests examples
+	$(VENV)/bin/python tests/run_c_tests.py --bindir $(BUILD)/c-tests --exdir $(BUILD)/examples --valgrind
+
+# ---- demo --------------------------------------------------------------
+
+demo: lib examples venv
+	@bash tests/demo.sh $(VENV)/bin/python $(BUILD)/examples/echo_client
+
+# ---- install -----------------------------------------------------------
+
+install: lib
+	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCDIR)/pjwebsock $(DESTDIR)$(LIBDIR)/pkgconfig
+	install -m 755 $(BUILD)/lib/$(SONAME) $(DESTDIR)$(LIBDIR)/libpjwebsock.so.$(VERSION)
+	ln -sf libpjwebsock.so.$(VERSION) $(DESTDIR)$(LIBDIR)/$(SONAME)
+	ln -sf $(SONAME) $(DESTDIR)$(LIBDIR)/libpjwebsock.so
+	install -m 644 $(BUILD)/lib/libpjwebsock.a $(DESTDIR)$(LIBDIR)/libpjwebsock.a
+	install -m 644 $(HEADER) $(DESTDIR)$(INCDIR)/pjwebsock/websock.h
+	sed -e 's|@PREFIX@|$(PREFIX)|; s|@LIBDIR@|$(LIBDIR)|; s|@INCDIR@|$(INCDIR)|; s|@VERSION@|$(VERSION)|' \
+	    pjwebsock.pc.in > $(DESTDIR)$(LIBDIR)/pkgconfig/pjwebsock.pc
+
+uninstall:
+	rm -f $(DESTDIR)$(LIBDIR)/libpjwebsock.so* $(DESTDIR)$(LIBDIR)/libpjwebsock.a \
+	      $(DESTDIR)$(INCDIR)/pjwebsock/websock.h $(DESTDIR)$(LIBDIR)/pkgconfig/pjwebsock.pc
+
+clean:
+	rm -rf $(BUILD)
+	$(CARGO) clean

@@ -1,0 +1,1028 @@
+//! One WebSocket instance: the object behind `pj_websock *`.
+//!
+//! It owns the protocol state (`proto`), the transport (socket and send
+//! queue) and the timers, and turns protocol events into application
+//! callbacks.
+//!
+//! Threading: API calls may come from any thread and take `inner`'s lock
+//! briefly. Socket reads, timers and every callback run on the event-loop
+//! thread. A callback is never invoked with `inner` locked, so it may call
+//! back into any API function. Teardown of a socket (epoll deregistration)
+//! happens only on the loop thread; API threads post it there.
+
+use std::ffi::c_void;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::ffi::types::*;
+use crate::net::evloop::{self, EventLoop, Handler, LoopCtx, TimerId, Token};
+use crate::net::resolve;
+use crate::net::sock::Socket;
+use crate::net::url::WsUrl;
+use crate::proto::close;
+use crate::proto::conn::{Conn, Event, Payload};
+use crate::proto::frame::OpCode;
+use crate::proto::handshake::{Handshake, HandshakeError};
+use crate::status::*;
+
+/// Number of instances whose memory has not been released yet.
+pub static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+pub const DEFAULT_MAX_RX: usize = 256 * 1024;
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_MAX_BUFFERED: usize = 64 * 1024 * 1024;
+
+/// Above this, an empty send queue gives its memory back.
+const TX_KEEP_CAPACITY: usize = 64 * 1024;
+/// Reads per readiness event before other connections get their turn.
+const READS_PER_EVENT: usize = 4;
+
+const EV_IN: u32 = (libc::EPOLLIN | libc::EPOLLRDHUP) as u32;
+const EV_OUT: u32 = libc::EPOLLOUT as u32;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while locked fails one connection; it must not poison the API.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Settings that live as long as the instance.
+#[derive(Clone, Copy)]
+struct Config {
+    max_rx: usize,
+    ping_interval: Option<Duration>,
+    connect_timeout: Duration,
+    close_timeout: Duration,
+    max_buffered: usize,
+}
+
+/// Everything `pj_websock_connect` validated, ready to go.
+pub struct ConnectRequest {
+    pub url: WsUrl,
+    pub subprotocols: Option<Vec<u8>>,
+    pub extra: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Phase {
+    Resolving,
+    Connecting,
+    Handshaking,
+    Open,
+    Closing,
+}
+
+/// One connection attempt and, if it succeeds, the connection.
+struct Link {
+    phase: Phase,
+    attempt: u64,
+    host: String,
+    port: u16,
+    ip: Option<IpAddr>,
+    addrs: Vec<SocketAddr>,
+    next_addr: usize,
+    last_err: pj_status_t,
+    sock: Option<(Socket, Token)>,
+    hs: Option<Handshake>,
+    request: Vec<u8>,
+    conn: Option<Box<Conn>>,
+    tx: Vec<u8>,
+    tx_head: usize,
+    out_armed: bool,
+    /// A write on an API thread failed; the loop finishes the connection.
+    write_err: Option<pj_status_t>,
+    cancel: bool,
+    connect_deadline: Option<Instant>,
+    addr_deadline: Option<Instant>,
+    close_deadline: Option<Instant>,
+    next_ping: Option<Instant>,
+    ping_sent_at: Option<Instant>,
+    last_rx: Instant,
+    timer: Option<(TimerId, Instant)>,
+    close_received: Option<(u16, String)>,
+}
+
+struct Inner {
+    state: pj_websock_readystate,
+    cfg: Config,
+    link: Option<Box<Link>>,
+    attempt: u64,
+    info: pj_websock_close_info,
+    subprotocol: Option<String>,
+    http_status: u16,
+    response_head: Vec<u8>,
+}
+
+struct Gate {
+    destroyed: bool,
+    running: bool,
+}
+
+/// The object behind `pj_websock *`.
+pub struct Client {
+    inner: Mutex<Inner>,
+    cb: pj_websock_cb,
+    user_data: AtomicPtr<c_void>,
+    gate: Mutex<Gate>,
+    gate_cv: Condvar,
+}
+
+/// A callback to make once the lock is released.
+enum Deliver<'a> {
+    Connect(pj_status_t),
+    Message(OpCode, Payload<'a>),
+    Close(u16, String),
+}
+
+fn mask() -> [u8; 4] {
+    rand::random()
+}
+
+fn handshake_status(e: &HandshakeError) -> pj_status_t {
+    match e {
+        HandshakeError::BadHeader => PJ_EINVAL,
+        HandshakeError::Malformed => PJ_WEBSOCK_EHS_MALFORMED,
+        HandshakeError::TooLarge => PJ_WEBSOCK_EHS_TOOLARGE,
+        HandshakeError::BadStatus(_) => PJ_WEBSOCK_EHS_STATUS,
+        HandshakeError::BadUpgrade => PJ_WEBSOCK_EHS_UPGRADE,
+        HandshakeError::BadConnection => PJ_WEBSOCK_EHS_CONNECTION,
+        HandshakeError::BadAccept => PJ_WEBSOCK_EHS_ACCEPT,
+        HandshakeError::BadSubprotocol => PJ_WEBSOCK_EHS_SUBPROTOCOL,
+        HandshakeError::BadExtension => PJ_WEBSOCK_EHS_EXTENSION,
+    }
+}
+
+fn protocol_status(code: u16) -> pj_status_t {
+    match code {
+        1007 => PJ_WEBSOCK_EUTF8,
+        1009 => PJ_WEBSOCK_EMSGTOOBIG,
+        _ => PJ_WEBSOCK_EPROTOCOL,
+    }
+}
+
+fn io_status(e: &std::io::Error) -> pj_status_t {
+    from_os(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+fn no_close_info() -> pj_websock_close_info {
+    pj_websock_close_info {
+        initiator: pj_websock_close_initiator::PJ_WEBSOCK_CLOSE_NONE,
+        clean: 0,
+        code_sent: 0,
+        code_received: 0,
+        status: PJ_SUCCESS,
+    }
+}
+
+impl Link {
+    fn new(attempt: u64, url: &WsUrl, hs: Handshake, request: Vec<u8>, deadline: Instant) -> Link {
+        Link {
+            phase: Phase::Resolving,
+            attempt,
+            host: url.host.clone(),
+            port: url.port,
+            ip: url.host.parse::<IpAddr>().ok(),
+            addrs: Vec::new(),
+            next_addr: 0,
+            last_err: PJ_ERESOLVE,
+            sock: None,
+            hs: Some(hs),
+            request,
+            conn: None,
+            tx: Vec::new(),
+            tx_head: 0,
+            out_armed: false,
+            write_err: None,
+            cancel: false,
+            connect_deadline: Some(deadline),
+            addr_deadline: None,
+            close_deadline: None,
+            next_ping: None,
+            ping_sent_at: None,
+            last_rx: Instant::now(),
+            timer: None,
+            close_received: None,
+        }
+    }
+
+    fn buffered(&self) -> usize {
+        self.tx.len() - self.tx_head
+    }
+
+    fn earliest_deadline(&self) -> Option<Instant> {
+        [self.connect_deadline, self.addr_deadline, self.close_deadline, self.next_ping].into_iter().flatten().min()
+    }
+
+    /// Writes as much of the send queue as the socket takes and keeps the
+    /// EPOLLOUT interest in step with what is left. Callable from any
+    /// thread with the instance locked.
+    fn flush(&mut self, lp: &EventLoop) -> Result<(), pj_status_t> {
+        let Some((sock, token)) = self.sock.as_ref() else { return Ok(()) };
+        while self.tx_head < self.tx.len() {
+            match sock.write(&self.tx[self.tx_head..]) {
+                Ok(n) => self.tx_head += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(io_status(&e)),
+            }
+        }
+        let pending = self.tx_head < self.tx.len();
+        if !pending {
+            self.tx_head = 0;
+            if self.tx.capacity() > TX_KEEP_CAPACITY {
+                self.tx = Vec::new();
+            } else {
+                self.tx.clear();
+            }
+        } else if self.tx_head >= TX_KEEP_CAPACITY && self.tx_head * 2 >= self.tx.len() {
+            // Reclaim the sent prefix so the queue does not grow forever.
+            self.tx.drain(..self.tx_head);
+            self.tx_head = 0;
+        }
+        if pending != self.out_armed && self.phase != Phase::Connecting {
+            let ev = if pending { EV_IN | EV_OUT } else { EV_IN };
+            let _ = lp.modify(sock.fd(), *token, ev);
+            self.out_armed = pending;
+        }
+        Ok(())
+    }
+}
+
+impl Client {
+    pub fn new(param: &pj_websock_param) -> Arc<Client> {
+        LIVE.fetch_add(1, Ordering::Relaxed);
+        let ping = match param.ping_interval {
+            0 => None,
+            s => Some(Duration::from_secs(s as u64)),
+        };
+        Arc::new(Client {
+            inner: Mutex::new(Inner {
+                state: pj_websock_readystate::PJ_WEBSOCK_STATE_CLOSED,
+                cfg: Config {
+                    max_rx: if param.max_rx_msg_size == 0 { DEFAULT_MAX_RX } else { param.max_rx_msg_size },
+                    ping_interval: ping,
+                    connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+                    close_timeout: DEFAULT_CLOSE_TIMEOUT,
+                    max_buffered: DEFAULT_MAX_BUFFERED,
+                },
+                link: None,
+                attempt: 0,
+                info: no_close_info(),
+                subprotocol: None,
+                http_status: 0,
+                response_head: Vec::new(),
+            }),
+            cb: param.cb,
+            user_data: AtomicPtr::new(param.user_data),
+            gate: Mutex::new(Gate { destroyed: false, running: false }),
+            gate_cv: Condvar::new(),
+        })
+    }
+
+    // ----- API (any thread) -------------------------------------------
+
+    pub fn state(&self) -> pj_websock_readystate {
+        lock(&self.inner).state
+    }
+
+    pub fn user_data(&self) -> *mut c_void {
+        self.user_data.load(Ordering::Acquire)
+    }
+
+    pub fn set_user_data(&self, p: *mut c_void) {
+        self.user_data.store(p, Ordering::Release)
+    }
+
+    pub fn close_info(&self) -> pj_websock_close_info {
+        lock(&self.inner).info
+    }
+
+    pub fn buffered_amount(&self) -> usize {
+        lock(&self.inner).link.as_ref().map_or(0, |l| l.buffered())
+    }
+
+    pub fn subprotocol(&self) -> Option<String> {
+        lock(&self.inner).subprotocol.clone()
+    }
+
+    pub fn http_response(&self) -> (u16, Vec<u8>) {
+        let g = lock(&self.inner);
+        (g.http_status, g.response_head.clone())
+    }
+
+    pub fn set_max_buffered(&self, n: usize) {
+        lock(&self.inner).cfg.max_buffered = n;
+    }
+
+    pub fn set_connect_timeout(&self, d: Duration) {
+        lock(&self.inner).cfg.connect_timeout = d;
+    }
+
+    pub fn set_close_timeout(&self, d: Duration) {
+        lock(&self.inner).cfg.close_timeout = d;
+    }
+
+    /// Takes effect for the open connection at its next ping.
+    pub fn set_ping_interval(self: &Arc<Self>, d: Option<Duration>) {
+        let mut g = lock(&self.inner);
+        g.cfg.ping_interval = d;
+        if let Some(link) = g.link.as_mut() {
+            if link.phase == Phase::Open {
+                link.next_ping = d.map(|d| Instant::now() + d);
+                link.ping_sent_at = None;
+                if let Ok(lp) = evloop::get() {
+                    self.rearm(lp, link);
+                }
+            }
+        }
+    }
+
+    pub fn connect(self: &Arc<Self>, req: ConnectRequest) -> pj_status_t {
+        let lp = match evloop::get() {
+            Ok(lp) => lp,
+            Err(_) => return PJ_WEBSOCK_ELOOP,
+        };
+        let mut key = [0u8; 16];
+        rand::fill(&mut key);
+        let extra: Vec<(&[u8], &[u8])> = req.extra.iter().map(|(n, v)| (n.as_slice(), v.as_slice())).collect();
+        let (hs, request) =
+            match Handshake::new(&req.url.host_header(), &req.url.resource, req.subprotocols.as_deref(), &extra, key) {
+                Ok(x) => x,
+                Err(_) => return PJ_EINVAL,
+            };
+        let mut g = lock(&self.inner);
+        if g.state != pj_websock_readystate::PJ_WEBSOCK_STATE_CLOSED || g.link.is_some() {
+            return PJ_EINVALIDOP;
+        }
+        g.attempt += 1;
+        let attempt = g.attempt;
+        let deadline = Instant::now() + g.cfg.connect_timeout;
+        let mut link = Box::new(Link::new(attempt, &req.url, hs, request, deadline));
+        g.state = pj_websock_readystate::PJ_WEBSOCK_STATE_CONNECTING;
+        g.info = no_close_info();
+        g.subprotocol = None;
+        g.http_status = 0;
+        g.response_head = Vec::new();
+        self.rearm(lp, &mut link);
+        g.link = Some(link);
+        drop(g);
+        let me = self.clone();
+        lp.post(move |ctx| me.start(ctx, attempt));
+        PJ_SUCCESS
+    }
+
+    pub fn send(&self, op: OpCode, data: &[u8]) -> pj_status_t {
+        let mut g = lock(&self.inner);
+        if g.state != pj_websock_readystate::PJ_WEBSOCK_STATE_OPEN {
+            return PJ_EINVALIDOP;
+        }
+        let max = g.cfg.max_buffered;
+        let Some(link) = g.link.as_mut() else { return PJ_EINVALIDOP };
+        let buffered = link.buffered();
+        let Some(conn) = link.conn.as_mut() else { return PJ_EINVALIDOP };
+        if conn.close_sent() {
+            return PJ_EINVALIDOP;
+        }
+        if buffered > 0 && buffered.saturating_add(data.len()) > max {
+            return PJ_EBUSY;
+        }
+        conn.send_frame(op, data, mask(), &mut link.tx);
+        if !link.out_armed && link.write_err.is_none() {
+            if let Some(lp) = evloop::try_get() {
+                if let Err(e) = link.flush(lp) {
+                    self.defer_write_error(lp, link, e);
+                }
+            }
+        }
+        PJ_SUCCESS
+    }
+
+    /// A write failed on an API thread: let the loop end the connection.
+    fn defer_write_error(&self, lp: &'static EventLoop, link: &mut Link, e: pj_status_t) {
+        link.write_err = Some(e);
+        if let Some((sock, token)) = link.sock.as_ref() {
+            // EPOLLOUT on a failed socket fires at once; the loop sees write_err.
+            let _ = lp.modify(sock.fd(), *token, EV_IN | EV_OUT);
+            link.out_armed = true;
+        }
+    }
+
+    pub fn close(self: &Arc<Self>, code: u16, reason: &[u8]) -> pj_status_t {
+        let mut g = lock(&self.inner);
+        match g.state {
+            pj_websock_readystate::PJ_WEBSOCK_STATE_OPEN => {}
+            pj_websock_readystate::PJ_WEBSOCK_STATE_CONNECTING => {
+                // Abort the attempt; on_connect(PJ_ECANCELLED) follows.
+                let Some(link) = g.link.as_mut() else { return PJ_EINVALIDOP };
+                if link.cancel {
+                    return PJ_EINVALIDOP;
+                }
+                link.cancel = true;
+                let attempt = link.attempt;
+                drop(g);
+                if let Ok(lp) = evloop::get() {
+                    let me = self.clone();
+                    lp.post(move |ctx| me.abort(ctx, attempt));
+                }
+                return PJ_SUCCESS;
+            }
+            _ => return PJ_EINVALIDOP,
+        }
+        let close_timeout = g.cfg.close_timeout;
+        g.state = pj_websock_readystate::PJ_WEBSOCK_STATE_CLOSING;
+        g.info.initiator = pj_websock_close_initiator::PJ_WEBSOCK_CLOSE_LOCAL;
+        g.info.code_sent = code;
+        let Some(link) = g.link.as_mut() else { return PJ_EINVALIDOP };
+        let Some(conn) = link.conn.as_mut() else { return PJ_EINVALIDOP };
+        conn.send_close(if code == 0 { None } else { Some(code) }, reason, mask(), &mut link.tx);
+        link.phase = Phase::Closing;
+        link.next_ping = None;
+        link.close_deadline = Some(Instant::now() + close_timeout);
+        if let Some(lp) = evloop::try_get() {
+            if !link.out_armed && link.write_err.is_none() {
+                if let Err(e) = link.flush(lp) {
+                    self.defer_write_error(lp, link, e);
+                }
+            }
+            self.rearm(lp, link);
+        }
+        PJ_SUCCESS
+    }
+
+    /// Stops all callbacks and releases the transport. After this returns
+    /// no callback starts; one running on another thread has returned.
+    pub fn destroy(self: &Arc<Self>) {
+        {
+            let mut gate = lock(&self.gate);
+            gate.destroyed = true;
+            let on_loop = evloop::try_get().is_some_and(|lp| lp.on_loop_thread());
+            while gate.running && !on_loop {
+                gate = self.gate_cv.wait(gate).unwrap_or_else(|e| e.into_inner());
+            }
+        }
+        let mut g = lock(&self.inner);
+        g.state = pj_websock_readystate::PJ_WEBSOCK_STATE_CLOSED;
+        if g.link.is_some() {
+            drop(g);
+            if let Some(lp) = evloop::try_get() {
+                let me = self.clone();
+                lp.post(move |ctx| {
+                    let link = lock(&me.inner).link.take();
+                    if let Some(link) = link {
+                        me.release(ctx, link);
+                    }
+                });
+            }
+        }
+    }
+
+    fn is_destroyed(&self) -> bool {
+        lock(&self.gate).destroyed
+    }
+
+    // ----- loop thread ------------------------------------------------
+
+    /// Closes the socket and cancels the timer of a finished link.
+    fn release(&self, ctx: &mut LoopCtx, mut link: Box<Link>) {
+        if let Some((id, _)) = link.timer.take() {
+            ctx.event_loop().cancel_timer(id);
+        }
+        if let Some((sock, token)) = link.sock.take() {
+            ctx.deregister(sock.fd(), token);
+            drop(sock);
+        }
+    }
+
+    /// (Re)schedules the instance's single timer at its earliest deadline.
+    fn rearm(self: &Arc<Self>, lp: &EventLoop, link: &mut Link) {
+        let want = link.earliest_deadline();
+        match (link.timer, want) {
+            (Some((_, at)), Some(w)) if at == w => {}
+            (cur, want) => {
+                if let Some((id, _)) = cur {
+                    lp.cancel_timer(id);
+                }
+                link.timer = want.map(|w| (lp.schedule(self.clone(), w), w));
+            }
+        }
+    }
+
+    fn start(self: &Arc<Self>, ctx: &mut LoopCtx, attempt: u64) {
+        let mut g = lock(&self.inner);
+        let Some(link) = g.link.as_mut() else { return };
+        if link.attempt != attempt || link.phase != Phase::Resolving || link.cancel {
+            return;
+        }
+        if let Some(ip) = link.ip {
+            link.addrs = vec![SocketAddr::new(ip, link.port)];
+            let d = self.try_next_addr(ctx, &mut g);
+            drop(g);
+            self.deliver_all(d);
+            return;
+        }
+        let (host, port) = (link.host.clone(), link.port);
+        drop(g);
+        let me = self.clone();
+        let lp = ctx.event_loop();
+        resolve::resolve(host, port, move |res| {
+            lp.post(move |ctx| me.on_resolved(ctx, attempt, res));
+        });
+    }
+
+    fn on_resolved(self: &Arc<Self>, ctx: &mut LoopCtx, attempt: u64, res: Result<Vec<SocketAddr>, ()>) {
+        let mut g = lock(&self.inner);
+        let Some(link) = g.link.as_mut() else { return };
+        if link.attempt != attempt || link.phase != Phase::Resolving {
+            return;
+        }
+        let d = match res {
+            Ok(addrs) => {
+                link.addrs = addrs;
+                self.try_next_addr(ctx, &mut g)
+            }
+            Err(()) => self.fail_connect(ctx, &mut g, PJ_ERESOLVE),
+        };
+        drop(g);
+        self.deliver_all(d);
+    }
+
+    fn abort(self: &Arc<Self>, ctx: &mut LoopCtx, attempt: u64) {
+        let mut g = lock(&self.inner);
+        let Some(link) = g.link.as_ref() else { return };
+        if link.attempt != attempt || matches!(link.phase, Phase::Open | Phase::Closing) {
+            return;
+        }
+        let d = self.fail_connect(ctx, &mut g, PJ_ECANCELLED);
+        drop(g);
+        self.deliver_all(d);
+    }
+
+    /// Starts a TCP connect to the next resolved address, or fails the
+    /// attempt when none is left.
+    fn try_next_addr(self: &Arc<Self>, ctx: &mut LoopCtx, g: &mut Inner) -> Option<Deliver<'static>> {
+        let lp = ctx.event_loop();
+        let link = g.link.as_mut()?;
+        if let Some((sock, token)) = link.sock.take() {
+            ctx.deregister(sock.fd(), token);
+        }
+        while link.next_addr < link.addrs.len() {
+            let addr = link.addrs[link.next_addr];
+            link.next_addr += 1;
+            let sock = match Socket::connect(&addr) {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    link.last_err = io_status(&e);
+                    continue;
+                }
+            };
+            // Both directions: EPOLLOUT reports the connect's completion.
+            match ctx.register(sock.fd(), self.clone(), EV_IN | EV_OUT) {
+                Ok(token) => {
+                    let now = Instant::now();
+                    let remaining = link.connect_deadline.map_or(DEFAULT_CONNECT_TIMEOUT, |d| d.saturating_duration_since(now));
+                    let left = (link.addrs.len() - link.next_addr + 1) as u32;
+                    // Share the budget among the addresses left, but give
+                    // each a fair chance on a slow network.
+                    let per = (remaining / left).max(remaining.min(Duration::from_secs(3)));
+                    link.sock = Some((sock, token));
+                    link.phase = Phase::Connecting;
+                    link.out_armed = true;
+                    link.addr_deadline = Some(now + per);
+                    self.rearm(lp, link);
+                    return None;
+                }
+                Err(e) => link.last_err = io_status(&e),
+            }
+        }
+        let err = link.last_err;
+        self.fail_connect(ctx, g, err)
+    }
+
+    /// Ends a connect attempt with `status`.
+    fn fail_connect(&self, ctx: &mut LoopCtx, g: &mut Inner, status: pj_status_t) -> Option<Deliver<'static>> {
+        let link = g.link.take()?;
+        self.release(ctx, link);
+        g.state = pj_websock_readystate::PJ_WEBSOCK_STATE_CLOSED;
+        Some(Deliver::Connect(status))
+    }
+
+    /// Ends an open (or closing) connection and reports it to on_close.
+    fn finish(
+        &self,
+        ctx: &mut LoopCtx,
+        g: &mut Inner,
+        initiator: Option<pj_websock_close_initiator>,
+        status: pj_status_t,
+    ) -> Option<Deliver<'static>> {
+        let link = g.link.take()?;
+        let received = link.close_received.clone();
+        let sent = link.conn.as_ref().is_some_and(|c| c.close_sent());
+        self.release(ctx, link);
+        g.state = pj_websock_readystate::PJ_WEBSOCK_STATE_CLOSED;
+        if let Some(i) = initiator {
+            g.info.initiator = i;
+        }
+        g.info.clean = (sent && received.is_some() && status == PJ_SUCCESS) as pj_bool_t;
+        if g.info.status == PJ_SUCCESS {
+            g.info.status = status;
+        }
+        let (code, reason) = match received {
+            Some((c, r)) => (c, r),
+            None if g.info.initiator == pj_websock_close_initiator::PJ_WEBSOCK_CLOSE_PROTOCOL => {
+                (g.info.code_sent, String::new())
+            }
+            None => (0, String::new()),
+        };
+        Some(Deliver::Close(code, reason))
+    }
+
+    fn on_connected(self: &Arc<Self>, ctx: &mut LoopCtx, g: &mut Inner) -> Option<Deliver<'static>> {
+        let lp = ctx.event_loop();
+        let link = g.link.as_mut()?;
+        link.phase = Phase::Handshaking;
+        link.addr_deadline = None;
+        link.out_armed = false;
+        link.tx = std::mem::take(&mut link.request);
+        link.tx_head = 0;
+        if let Some((sock, token)) = link.sock.as_ref() {
+            let _ = lp.modify(sock.fd(), *token, EV_IN);
+        }
+        if let Err(e) = link.flush(lp) {
+            return self.fail_connect(ctx, g, e);
+        }
+        self.rearm(lp, link);
+        None
+    }
+
+    /// Feeds received bytes to the handshake or the protocol engine until
+    /// one callback is due. Returns the bytes consumed.
+    fn process<'a>(self: &Arc<Self>, ctx: &mut LoopCtx, g: &mut Inner, input: &'a [u8]) -> (usize, Option<Deliver<'a>>) {
+        let lp = ctx.event_loop();
+        let max_rx = g.cfg.max_rx;
+        let ping = g.cfg.ping_interval;
+        let close_timeout = g.cfg.close_timeout;
+        let Some(link) = g.link.as_mut() else { return (input.len(), None) };
+        match link.phase {
+            Phase::Handshaking => {
+                let Some(hs) = link.hs.as_mut() else { return (input.len(), None) };
+                match hs.feed(input) {
+                    Ok(None) => (input.len(), None),
+                    Ok(Some((used, resp))) => {
+                        link.hs = None;
+                        link.phase = Phase::Open;
+                        link.conn = Some(Box::new(Conn::new(max_rx)));
+                        link.connect_deadline = None;
+                        link.next_ping = ping.map(|d| Instant::now() + d);
+                        self.rearm(lp, link);
+                        g.state = pj_websock_readystate::PJ_WEBSOCK_STATE_OPEN;
+                        g.subprotocol = resp.subprotocol;
+                        g.http_status = resp.status;
+                        (used, Some(Deliver::Connect(PJ_SUCCESS)))
+                    }
+                    Err(e) => {
+                        g.response_head = hs.response_head().to_vec();
+                        if let HandshakeError::BadStatus(s) = e {
+                            g.http_status = s;
+                        }
+                        (input.len(), self.fail_connect(ctx, g, handshake_status(&e)))
+                    }
+                }
+            }
+            Phase::Open | Phase::Closing => {
+                let Some(conn) = link.conn.as_mut() else { return (input.len(), None) };
+                let (used, ev) = conn.feed(input, &mut link.tx, &mut mask);
+                let Some(ev) = ev else { return (used, None) };
+                match ev {
+                    Event::Message { opcode, data } => (used, Some(Deliver::Message(opcode, data))),
+                    Event::Ping | Event::Pong { .. } => (used, None),
+                    Event::Close { code, reason } => {
+                        link.close_received = Some((code, reason));
+                        g.info.code_received = code;
+                        if g.state == pj_websock_readystate::PJ_WEBSOCK_STATE_OPEN {
+                            g.info.initiator = pj_websock_close_initiator::PJ_WEBSOCK_CLOSE_PEER;
+                            g.info.code_sent = if code == 1005 { 0 } else { code };
+                            g.state = pj_websock_readystate::PJ_WEBSOCK_STATE_CLOSING;
+                        }
+                        link.phase = Phase::Closing;
+                        link.next_ping = None;
+                        // Now the server closes TCP first; wait for it.
+                        link.close_deadline = Some(Instant::now() + close_timeout);
+                        self.rearm(lp, link);
+                        (used, None)
+                    }
+                    Event::ProtocolError { code, .. } => {
+                        if g.state == pj_websock_readystate::PJ_WEBSOCK_STATE_OPEN {
+                            g.info.code_sent = code;
+                        }
+                        g.info.initiator = pj_websock_close_initiator::PJ_WEBSOCK_CLOSE_PROTOCOL;
+                        g.info.status = protocol_status(code);
+                        g.state = pj_websock_readystate::PJ_WEBSOCK_STATE_CLOSING;
+                        link.phase = Phase::Closing;
+                        link.next_ping = None;
+                        link.close_deadline = Some(Instant::now() + close_timeout);
+                        self.rearm(lp, link);
+                        (used, None)
+                    }
+                }
+            }
+            _ => (input.len(), None),
+        }
+    }
+
+    fn handle_io(self: &Arc<Self>, ctx: &mut LoopCtx, token: Token, events: u32) {
+        let lp = ctx.event_loop();
+        let mut g = lock(&self.inner);
+        let Some(link) = g.link.as_mut() else { return };
+        if link.sock.as_ref().map(|s| s.1) != Some(token) {
+            return;
+        }
+        if link.phase == Phase::Connecting {
+            if events & (EV_OUT | libc::EPOLLERR as u32 | libc::EPOLLHUP as u32) == 0 {
+                return;
+            }
+            let err = link.sock.as_ref().map_or(libc::EIO, |s| s.0.take_error());
+            let d = if err == 0 {
+                self.on_connected(ctx, &mut g)
+            } else {
+                link.last_err = from_os(err);
+                self.try_next_addr(ctx, &mut g)
+            };
+            drop(g);
+            self.deliver_all(d);
+            return;
+        }
+        if let Some(e) = link.write_err {
+            let d = self.transport_failed(ctx, &mut g, e);
+            drop(g);
+            self.deliver_all(d);
+            return;
+        }
+        if events & EV_OUT != 0 {
+            if let Err(e) = link.flush(lp) {
+                let d = self.transport_failed(ctx, &mut g, e);
+                drop(g);
+                self.deliver_all(d);
+                return;
+            }
+        }
+        if events & (EV_IN | libc::EPOLLERR as u32 | libc::EPOLLHUP as u32) == 0 {
+            return;
+        }
+        drop(g);
+        self.read_loop(ctx, token);
+    }
+
+    fn read_loop(self: &Arc<Self>, ctx: &mut LoopCtx, token: Token) {
+        let lp = ctx.event_loop();
+        let mut buf = std::mem::take(&mut ctx.rx_buf);
+        if buf.is_empty() {
+            buf = vec![0; evloop::RX_BUF_SIZE];
+        }
+        let mut recycled: Option<Vec<u8>> = None;
+        'reads: for _ in 0..READS_PER_EVENT {
+            let mut g = lock(&self.inner);
+            let Some(link) = g.link.as_mut() else { break };
+            if link.sock.as_ref().map(|s| s.1) != Some(token) {
+                break;
+            }
+            if let (Some(v), Some(conn)) = (recycled.take(), link.conn.as_mut()) {
+                conn.recycle(v);
+            }
+            let res = link.sock.as_ref().map(|s| s.0.read(&mut buf));
+            let n = match res {
+                Some(Ok(0)) => {
+                    let d = self.peer_eof(ctx, &mut g);
+                    drop(g);
+                    self.deliver_all(d);
+                    break;
+                }
+                Some(Ok(n)) => n,
+                Some(Err(e)) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Some(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Some(Err(e)) => {
+                    let d = self.transport_failed(ctx, &mut g, io_status(&e));
+                    drop(g);
+                    self.deliver_all(d);
+                    break;
+                }
+                None => break,
+            };
+            link.last_rx = Instant::now();
+            let mut pos = 0;
+            while pos < n {
+                let (used, d) = self.process(ctx, &mut g, &buf[pos..n]);
+                pos += used;
+                if let Some(d) = d {
+                    // Replies (pong, close echo) go out before the callback.
+                    self.flush_locked(ctx, &mut g);
+                    drop(g);
+                    let ended = matches!(d, Deliver::Close(..)) || matches!(d, Deliver::Connect(s) if s != PJ_SUCCESS);
+                    if let Some(v) = self.deliver(d) {
+                        recycled = Some(v);
+                    }
+                    if ended || self.is_destroyed() {
+                        break 'reads;
+                    }
+                    g = lock(&self.inner);
+                    match g.link.as_ref() {
+                        Some(l) if l.sock.as_ref().map(|s| s.1) == Some(token) => {}
+                        _ => break 'reads,
+                    }
+                } else if used == 0 {
+                    break;
+                }
+            }
+            let d = self.flush_locked(ctx, &mut g);
+            if d.is_some() {
+                drop(g);
+                self.deliver_all(d);
+                break;
+            }
+            if n < buf.len() {
+                break;
+            }
+        }
+        let _ = lp;
+        ctx.rx_buf = buf;
+    }
+
+    /// Flushes replies queued by the protocol engine; a failed write ends
+    /// the connection.
+    fn flush_locked(&self, ctx: &mut LoopCtx, g: &mut Inner) -> Option<Deliver<'static>> {
+        let lp = ctx.event_loop();
+        let link = g.link.as_mut()?;
+        match link.flush(lp) {
+            Ok(()) => None,
+            Err(e) => self.transport_failed(ctx, g, e),
+        }
+    }
+
+    fn peer_eof(&self, ctx: &mut LoopCtx, g: &mut Inner) -> Option<Deliver<'static>> {
+        let link = g.link.as_ref()?;
+        match link.phase {
+            Phase::Resolving | Phase::Connecting | Phase::Handshaking => {
+                self.fail_connect(ctx, g, PJ_WEBSOCK_ECONNCLOSED)
+            }
+            Phase::Open => self.finish(ctx, g, Some(pj_websock_close_initiator::PJ_WEBSOCK_CLOSE_TRANSPORT), PJ_EEOF),
+            Phase::Closing => {
+                let status = if link.close_received.is_some() { PJ_SUCCESS } else { PJ_EEOF };
+                self.finish(ctx, g, None, status)
+            }
+        }
+    }
+
+    fn transport_failed(&self, ctx: &mut LoopCtx, g: &mut Inner, status: pj_status_t) -> Option<Deliver<'static>> {
+        let link = g.link.as_ref()?;
+        match link.phase {
+            Phase::Resolving | Phase::Connecting | Phase::Handshaking => self.fail_connect(ctx, g, status),
+            Phase::Open => self.finish(ctx, g, Some(pj_websock_close_initiator::PJ_WEBSOCK_CLOSE_TRANSPORT), status),
+            Phase::Closing => {
+                // After the close handshake a reset is as good as a FIN.
+                let st = if link.close_received.is_some() { PJ_SUCCESS } else { status };
+                self.finish(ctx, g, None, st)
+            }
+        }
+    }
+
+    fn handle_timer(self: &Arc<Self>, ctx: &mut LoopCtx) {
+        let lp = ctx.event_loop();
+        let mut g = lock(&self.inner);
+        let ping = g.cfg.ping_interval;
+        let Some(link) = g.link.as_mut() else { return };
+        link.timer = None;
+        let now = Instant::now();
+        let due = |t: Option<Instant>| t.is_some_and(|t| t <= now);
+        let d = if due(link.connect_deadline) && !matches!(link.phase, Phase::Open | Phase::Closing) {
+            self.fail_connect(ctx, &mut g, PJ_WEBSOCK_ECONNECTTIMEOUT)
+        } else if due(link.addr_deadline) && link.phase == Phase::Connecting {
+            link.addr_deadline = None;
+            link.last_err = PJ_ETIMEDOUT;
+            self.try_next_addr(ctx, &mut g)
+        } else if due(link.close_deadline) && link.phase == Phase::Closing {
+            if link.close_received.is_some() {
+                self.finish(ctx, &mut g, None, PJ_SUCCESS)
+            } else {
+                g.info.status = PJ_WEBSOCK_ECLOSETIMEOUT;
+                self.finish(ctx, &mut g, Some(pj_websock_close_initiator::PJ_WEBSOCK_CLOSE_TIMEOUT), PJ_WEBSOCK_ECLOSETIMEOUT)
+            }
+        } else if due(link.next_ping) && link.phase == Phase::Open {
+            if link.ping_sent_at.is_some_and(|t| link.last_rx < t) {
+                g.info.status = PJ_WEBSOCK_EPINGTIMEOUT;
+                self.finish(ctx, &mut g, Some(pj_websock_close_initiator::PJ_WEBSOCK_CLOSE_TIMEOUT), PJ_WEBSOCK_EPINGTIMEOUT)
+            } else {
+                if let Some(conn) = link.conn.as_mut() {
+                    conn.send_frame(OpCode::Ping, &[], mask(), &mut link.tx);
+                }
+                link.ping_sent_at = Some(now);
+                link.next_ping = ping.map(|d| now + d);
+                self.flush_locked(ctx, &mut g)
+            }
+        } else {
+            None
+        };
+        if let Some(link) = g.link.as_mut() {
+            self.rearm(lp, link);
+        }
+        drop(g);
+        self.deliver_all(d);
+    }
+
+    // ----- callbacks --------------------------------------------------
+
+    fn deliver_all(&self, d: Option<Deliver<'_>>) {
+        if let Some(d) = d {
+            self.deliver(d);
+        }
+    }
+
+    /// Invokes one application callback unless the instance was destroyed.
+    /// Returns an owned message buffer for reuse.
+    fn deliver(&self, d: Deliver<'_>) -> Option<Vec<u8>> {
+        {
+            let mut gate = lock(&self.gate);
+            if gate.destroyed {
+                return None;
+            }
+            gate.running = true;
+        }
+        crate::pjlib::register_thread();
+        let ws = self as *const Client as *mut pj_websock;
+        let mut back = None;
+        // SAFETY: the callbacks are the application's, called with a live
+        // instance and arguments valid for the duration of the call.
+        unsafe {
+            match d {
+                Deliver::Connect(status) => {
+                    if let Some(f) = self.cb.on_connect {
+                        f(ws, status);
+                    }
+                }
+                Deliver::Message(op, data) => {
+                    if let Some(f) = self.cb.on_rx_msg {
+                        let opc = if op == OpCode::Text {
+                            pj_websock_opcode::PJ_WEBSOCK_OP_TEXT
+                        } else {
+                            pj_websock_opcode::PJ_WEBSOCK_OP_BIN
+                        };
+                        let s = data.as_slice();
+                        f(ws, opc, s.as_ptr() as *const c_void, s.len());
+                    }
+                    if let Payload::Owned(v) = data {
+                        back = Some(v);
+                    }
+                }
+                Deliver::Close(code, reason) => {
+                    if let Some(f) = self.cb.on_close {
+                        let s = pj_str_t { ptr: reason.as_ptr() as *mut _, slen: reason.len() as pj_ssize_t };
+                        f(ws, code, &s);
+                    }
+                }
+            }
+        }
+        let mut gate = lock(&self.gate);
+        gate.running = false;
+        if gate.destroyed {
+            self.gate_cv.notify_all();
+        }
+        back
+    }
+}
+
+impl Handler for Client {
+    fn on_io(self: Arc<Self>, ctx: &mut LoopCtx, token: Token, events: u32) {
+        self.handle_io(ctx, token, events);
+    }
+
+    fn on_timer(self: Arc<Self>, ctx: &mut LoopCtx) {
+        self.handle_timer(ctx);
+    }
+
+    fn on_panic(self: Arc<Self>, ctx: &mut LoopCtx) {
+        let mut g = lock(&self.inner);
+        let d = self.transport_failed(ctx, &mut g, PJ_EBUG);
+        drop(g);
+        self.deliver_all(d);
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        LIVE.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Validates a close code and reason for `pj_websock_close`.
+pub fn valid_close(code: u16, reason: &[u8]) -> bool {
+    (code == 0 || close::is_valid_send_code(code))
+        && reason.len() <= close::MAX_REASON_LEN
+        && (code != 0 || reason.is_empty())
+        && std::str::from_utf8(reason).is_ok()
+}
+
+#[allow(dead_code)]
+fn _assert_send_sync() {
+    fn f<T: Send + Sync>() {}
+    f::<Client>();
+}

@@ -1,0 +1,477 @@
+//! The `extern "C"` surface: argument checks, the panic guard, and
+//! conversion between C and Rust types. Nothing else lives here.
+//!
+//! Conventions (apply to every function below):
+//! - A `pj_websock *` is an `Arc<Client>` turned into a raw pointer by
+//!   `pj_websock_create` and released by `pj_websock_destroy`; `handle()`
+//!   is the one place that turns it back.
+//! - NULL or otherwise invalid arguments return `PJ_EINVAL`; a panic never
+//!   crosses into C: the entry point returns `PJ_EBUG` instead.
+//! - Output parameters are written only on success.
+#![allow(clippy::missing_safety_doc)]
+
+use std::ffi::{c_char, c_int, c_uint, c_void};
+use std::mem::ManuallyDrop;
+use std::ops::Deref;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::client::{self, Client, ConnectRequest};
+use crate::ffi::types::*;
+use crate::net::url::WsUrl;
+use crate::proto::frame::OpCode;
+use crate::status::*;
+
+/// The opcode parameter as C passes it: a plain int that may hold any
+/// value, so it is checked before it becomes an enum (named
+/// `pj_websock_opcode` in the header).
+pub type OpcodeArg = c_int;
+
+/// Maximum number of extra headers upstream sends (we send all 32).
+#[cfg(not(pjws_have_pj_websock))]
+pub const PJ_WEBSOCK_MAX_HEADERS: c_uint = 16;
+/// Default and upstream's maximum received message size.
+#[cfg(not(pjws_have_pj_websock))]
+pub const PJ_WEBSOCK_MAX_RX_MSG_SIZE: c_uint = 256 * 1024;
+/// Upstream's receive buffer size (kept for source compatibility).
+#[cfg(not(pjws_have_pj_websock))]
+pub const PJ_WEBSOCK_RX_BUF_SIZE: c_uint = 64 * 1024;
+/// Upstream's send buffer size (kept for source compatibility; no limit here).
+#[cfg(not(pjws_have_pj_websock))]
+pub const PJ_WEBSOCK_TX_BUF_SIZE: c_uint = 64 * 1024;
+/// Default ping interval in seconds.
+#[cfg(not(pjws_have_pj_websock))]
+pub const PJ_WEBSOCK_DEFAULT_PING_INTERVAL: c_uint = 30;
+
+macro_rules! guard {
+    ($fallback:expr, $body:block) => {
+        match catch_unwind(AssertUnwindSafe(|| $body)) {
+            Ok(v) => v,
+            Err(_) => $fallback,
+        }
+    };
+}
+
+/// A borrowed `Arc<Client>` behind a `pj_websock *` (no refcount change).
+struct Handle(ManuallyDrop<Arc<Client>>);
+
+impl Deref for Handle {
+    type Target = Arc<Client>;
+    fn deref(&self) -> &Arc<Client> {
+        &self.0
+    }
+}
+
+/// # Safety
+/// `ws` must be NULL or a pointer returned by `pj_websock_create` and not
+/// yet destroyed.
+unsafe fn handle(ws: *const pj_websock) -> Option<Handle> {
+    if ws.is_null() {
+        None
+    } else {
+        Some(Handle(ManuallyDrop::new(Arc::from_raw(ws as *const Client))))
+    }
+}
+
+/// Borrows a `pj_str_t` as bytes; None when it is malformed.
+unsafe fn str_bytes<'a>(s: &pj_str_t) -> Option<&'a [u8]> {
+    if s.slen < 0 {
+        return None;
+    }
+    if s.slen == 0 {
+        return Some(&[]);
+    }
+    if s.ptr.is_null() {
+        return None;
+    }
+    Some(std::slice::from_raw_parts(s.ptr as *const u8, s.slen as usize))
+}
+
+/// Initialises `param` with defaults: everything zero except
+/// `max_rx_msg_size` (256 KiB) and `ping_interval` (30 s).
+#[cfg(not(pjws_have_pj_websock))]
+#[no_mangle]
+pub unsafe extern "C" fn pj_websock_param_default(param: *mut pj_websock_param) {
+    if param.is_null() {
+        return;
+    }
+    std::ptr::write_bytes(param, 0, 1);
+    (*param).max_rx_msg_size = PJ_WEBSOCK_MAX_RX_MSG_SIZE as pj_size_t;
+    (*param).ping_interval = PJ_WEBSOCK_DEFAULT_PING_INTERVAL;
+}
+
+/// Initialises `cparam` to all zero (no extra headers, no subprotocol).
+#[cfg(not(pjws_have_pj_websock))]
+#[no_mangle]
+pub unsafe extern "C" fn pj_websock_connect_param_default(cparam: *mut pj_websock_connect_param) {
+    if !cparam.is_null() {
+        std::ptr::write_bytes(cparam, 0, 1);
+    }
+}
+
+/// Creates an instance in the CLOSED state and stores it in `*p_ws`.
+///
+/// `param` is copied (callbacks, user data, sizes). `pool` may be NULL: all
+/// memory comes from the library's allocator. With `ioqueue` or
+/// `timer_heap` NULL, or non-NULL (for now), the library's own event-loop
+/// thread drives the connection and runs the callbacks.
+///
+/// Returns `PJ_SUCCESS`, or `PJ_EINVAL` when `param` or `p_ws` is NULL.
+#[cfg(not(pjws_have_pj_websock))]
+#[no_mangle]
+pub unsafe extern "C" fn pj_websock_create(
+    pool: *mut pj_pool_t,
+    param: *const pj_websock_param,
+    p_ws: *mut *mut pj_websock,
+) -> pj_status_t {
+    let _ = pool;
+    guard!(PJ_EBUG, {
+        if param.is_null() || p_ws.is_null() {
+            return PJ_EINVAL;
+        }
+        crate::pjlib::register_strerror();
+        let c = Client::new(&*param);
+        *p_ws = Arc::into_raw(c) as *mut pj_websock;
+        PJ_SUCCESS
+    })
+}
+
+/// Starts connecting to `url` (ws:// or wss://). Never blocks: name
+/// resolution, TCP connect and the opening handshake happen in the
+/// background and end with `on_connect`.
+///
+/// `cparam` (may be NULL) supplies extra headers (all `count` ≤ 32 are
+/// sent) and the offered subprotocol(s).
+///
+/// Returns `PJ_SUCCESS` when the attempt started; `PJ_EINVAL` for a NULL
+/// argument, a malformed URL (other schemes, userinfo, fragment, bad port),
+/// a header name or value with CR/LF, or an extra header named Host,
+/// Upgrade, Connection or Sec-WebSocket-*; `PJ_EINVALIDOP` unless CLOSED.
+#[cfg(not(pjws_have_pj_websock))]
+#[no_mangle]
+pub unsafe extern "C" fn pj_websock_connect(
+    ws: *mut pj_websock,
+    url: *const pj_str_t,
+    cparam: *const pj_websock_connect_param,
+) -> pj_status_t {
+    guard!(PJ_EBUG, {
+        let (Some(c), false) = (handle(ws), url.is_null()) else { return PJ_EINVAL };
+        let Some(url) = str_bytes(&*url) else { return PJ_EINVAL };
+        let Ok(url) = WsUrl::parse(url) else { return PJ_EINVAL };
+        let mut req = ConnectRequest { url, subprotocols: None, extra: Vec::new() };
+        if let Some(cp) = cparam.as_ref() {
+            let Some(sp) = str_bytes(&cp.subprotocol) else { return PJ_EINVAL };
+            if !sp.is_empty() {
+                req.subprotocols = Some(sp.to_vec());
+            }
+            let n = cp.extra_hdr.count as usize;
+            if n > cp.extra_hdr.header.len() {
+                return PJ_EINVAL;
+            }
+            for h in &cp.extra_hdr.header[..n] {
+                let (Some(name), Some(value)) = (str_bytes(&h.name), str_bytes(&h.value)) else { return PJ_EINVAL };
+                req.extra.push((name.to_vec(), value.to_vec()));
+            }
+        }
+        c.connect(req)
+    })
+}
+
+/// Queues one message and returns at once; it is copied, so `data` may be
+/// reused immediately. Messages leave in call order.
+///
+/// `opcode` is `PJ_WEBSOCK_OP_TEXT` (valid UTF-8), `PJ_WEBSOCK_OP_BIN`, or
+/// `PJ_WEBSOCK_OP_PING` / `PJ_WEBSOCK_OP_PONG` (at most 125 bytes). `data`
+/// may be NULL when `len` is 0. No size limit other than memory.
+///
+/// Returns `PJ_SUCCESS`; `PJ_EINVAL` for NULL ws, another opcode, an
+/// oversized control frame, invalid UTF-8 in TEXT, or NULL data with len >
+/// 0; `PJ_EINVALIDOP` unless OPEN; `PJ_EBUSY` when the bytes still queued
+/// already exceed the high-water mark (`pj_websock_set_max_buffered()`,
+/// default 64 MiB), in which case nothing is queued.
+#[cfg(not(pjws_have_pj_websock))]
+#[no_mangle]
+pub unsafe extern "C" fn pj_websock_send(
+    ws: *mut pj_websock,
+    opcode: OpcodeArg,
+    data: *const c_void,
+    len: pj_size_t,
+) -> pj_status_t {
+    guard!(PJ_EBUG, {
+        let Some(c) = handle(ws) else { return PJ_EINVAL };
+        let op = match opcode {
+            0x1 => OpCode::Text,
+            0x2 => OpCode::Bin,
+            0x9 => OpCode::Ping,
+            0xA => OpCode::Pong,
+            _ => return PJ_EINVAL,
+        };
+        if data.is_null() && len > 0 {
+            return PJ_EINVAL;
+        }
+        if op.is_control() && len > 125 {
+            return PJ_EINVAL;
+        }
+        let bytes: &[u8] = if len == 0 { &[] } else { std::slice::from_raw_parts(data as *const u8, len) };
+        if op == OpCode::Text && std::str::from_utf8(bytes).is_err() {
+            return PJ_EINVAL;
+        }
+        c.send(op, bytes)
+    })
+}
+
+/// Starts the closing handshake: the close frame is queued after the data
+/// already accepted; `on_close` follows once the peer answered and closed
+/// TCP, or the close timeout (default 5 s) expired. Messages that still
+/// arrive before the peer's close frame are delivered.
+///
+/// `status_code` is 1000-1003, 1007-1014 or 3000-4999, or 0 for a close
+/// frame with no body; `reason` (may be NULL) is UTF-8 of at most 123 bytes
+/// and must be empty with code 0. While CONNECTING, the attempt is aborted
+/// and `on_connect` reports `PJ_ECANCELLED`.
+///
+/// Returns `PJ_SUCCESS`; `PJ_EINVAL` for bad arguments; `PJ_EINVALIDOP` when
+/// already CLOSING or CLOSED.
+#[cfg(not(pjws_have_pj_websock))]
+#[no_mangle]
+pub unsafe extern "C" fn pj_websock_close(
+    ws: *mut pj_websock,
+    status_code: pj_uint16_t,
+    reason: *const pj_str_t,
+) -> pj_status_t {
+    guard!(PJ_EBUG, {
+        let Some(c) = handle(ws) else { return PJ_EINVAL };
+        let reason: &[u8] = match reason.as_ref() {
+            None => &[],
+            Some(r) => match str_bytes(r) {
+                Some(b) => b,
+                None => return PJ_EINVAL,
+            },
+        };
+        if !client::valid_close(status_code, reason) {
+            return PJ_EINVAL;
+        }
+        c.close(status_code, reason)
+    })
+}
+
+/// The instance's state; `PJ_WEBSOCK_STATE_CLOSED` for NULL.
+#[cfg(not(pjws_have_pj_websock))]
+#[no_mangle]
+pub unsafe extern "C" fn pj_websock_get_state(ws: *const pj_websock) -> pj_websock_readystate {
+    guard!(pj_websock_readystate::PJ_WEBSOCK_STATE_CLOSED, {
+        match handle(ws) {
+            Some(c) => c.state(),
+            None => pj_websock_readystate::PJ_WEBSOCK_STATE_CLOSED,
+        }
+    })
+}
+
+/// The application data; NULL for NULL.
+#[cfg(not(pjws_have_pj_websock))]
+#[no_mangle]
+pub unsafe extern "C" fn pj_websock_get_user_data(ws: *const pj_websock) -> *mut c_void {
+    guard!(std::ptr::null_mut(), {
+        match handle(ws) {
+            Some(c) => c.user_data(),
+            None => std::ptr::null_mut(),
+        }
+    })
+}
+
+/// Replaces the application data. Returns `PJ_EINVAL` for NULL ws.
+#[cfg(not(pjws_have_pj_websock))]
+#[no_mangle]
+pub unsafe extern "C" fn pj_websock_set_user_data(ws: *mut pj_websock, user_data: *mut c_void) -> pj_status_t {
+    guard!(PJ_EBUG, {
+        let Some(c) = handle(ws) else { return PJ_EINVAL };
+        c.set_user_data(user_data);
+        PJ_SUCCESS
+    })
+}
+
+/// Destroys the instance: the connection, if any, is dropped without a
+/// close handshake and no callback is made for it.
+///
+/// After this returns no callback starts for `ws` and its user data is
+/// never touched again. From another thread, it waits for a callback of
+/// `ws` that is running to return, so do not hold a lock that your
+/// callbacks take while calling it; from inside a callback of `ws` it
+/// returns at once and the teardown completes when the callback returns.
+///
+/// Returns `PJ_SUCCESS`, or `PJ_EINVAL` for NULL.
+#[cfg(not(pjws_have_pj_websock))]
+#[no_mangle]
+pub unsafe extern "C" fn pj_websock_destroy(ws: *mut pj_websock) -> pj_status_t {
+    guard!(PJ_EBUG, {
+        if ws.is_null() {
+            return PJ_EINVAL;
+        }
+        let c = Arc::from_raw(ws as *const Client);
+        c.destroy();
+        drop(c);
+        PJ_SUCCESS
+    })
+}
+
+// ----- Extension API (not in upstream pjlib-util) ------------------------
+
+/// How the last connection ended (valid once `on_close` was called, or
+/// after a failed connect). Returns `PJ_EINVAL` for NULL arguments.
+#[no_mangle]
+pub unsafe extern "C" fn pj_websock_get_close_info(
+    ws: *const pj_websock,
+    info: *mut pj_websock_close_info,
+) -> pj_status_t {
+    guard!(PJ_EBUG, {
+        let Some(c) = handle(ws) else { return PJ_EINVAL };
+        if info.is_null() {
+            return PJ_EINVAL;
+        }
+        *info = c.close_info();
+        PJ_SUCCESS
+    })
+}
+
+/// Bytes accepted by `pj_websock_send()` but not yet written to the socket
+/// (0 for NULL).
+#[no_mangle]
+pub unsafe extern "C" fn pj_websock_get_buffered_amount(ws: *const pj_websock) -> pj_size_t {
+    guard!(0, {
+        match handle(ws) {
+            Some(c) => c.buffered_amount(),
+            None => 0,
+        }
+    })
+}
+
+/// Sets the send-queue high-water mark in bytes (default 64 MiB): while
+/// more than this is queued, `pj_websock_send()` returns `PJ_EBUSY`. A
+/// single message larger than the mark is accepted into an empty queue.
+/// Returns `PJ_EINVAL` for NULL or 0.
+#[no_mangle]
+pub unsafe extern "C" fn pj_websock_set_max_buffered(ws: *mut pj_websock, bytes: pj_size_t) -> pj_status_t {
+    guard!(PJ_EBUG, {
+        let Some(c) = handle(ws) else { return PJ_EINVAL };
+        if bytes == 0 {
+            return PJ_EINVAL;
+        }
+        c.set_max_buffered(bytes);
+        PJ_SUCCESS
+    })
+}
+
+/// Sets the time allowed for name resolution, TCP connect, TLS and the
+/// opening handshake together (default 30000 ms), for the next connect.
+/// Returns `PJ_EINVAL` for NULL or 0.
+#[no_mangle]
+pub unsafe extern "C" fn pj_websock_set_connect_timeout(ws: *mut pj_websock, msec: c_uint) -> pj_status_t {
+    guard!(PJ_EBUG, {
+        let Some(c) = handle(ws) else { return PJ_EINVAL };
+        if msec == 0 {
+            return PJ_EINVAL;
+        }
+        c.set_connect_timeout(Duration::from_millis(msec as u64));
+        PJ_SUCCESS
+    })
+}
+
+/// Sets how long the closing handshake may take (default 5000 ms).
+/// Returns `PJ_EINVAL` for NULL or 0.
+#[no_mangle]
+pub unsafe extern "C" fn pj_websock_set_close_timeout(ws: *mut pj_websock, msec: c_uint) -> pj_status_t {
+    guard!(PJ_EBUG, {
+        let Some(c) = handle(ws) else { return PJ_EINVAL };
+        if msec == 0 {
+            return PJ_EINVAL;
+        }
+        c.set_close_timeout(Duration::from_millis(msec as u64));
+        PJ_SUCCESS
+    })
+}
+
+/// Sets the ping interval in milliseconds (0 = off), overriding
+/// `param->ping_interval`; applies at once to an open connection. When
+/// nothing at all arrives within one interval after a ping, the connection
+/// is failed (`on_close` with code 0, status `PJ_WEBSOCK_EPINGTIMEOUT`).
+/// Returns `PJ_EINVAL` for NULL.
+#[no_mangle]
+pub unsafe extern "C" fn pj_websock_set_ping_interval_ms(ws: *mut pj_websock, msec: c_uint) -> pj_status_t {
+    guard!(PJ_EBUG, {
+        let Some(c) = handle(ws) else { return PJ_EINVAL };
+        c.set_ping_interval(if msec == 0 { None } else { Some(Duration::from_millis(msec as u64)) });
+        PJ_SUCCESS
+    })
+}
+
+/// The HTTP status of the last handshake response (101 when open, e.g. 401
+/// after `PJ_WEBSOCK_EHS_STATUS`), 0 when none arrived or for NULL.
+#[no_mangle]
+pub unsafe extern "C" fn pj_websock_get_http_status(ws: *const pj_websock) -> c_int {
+    guard!(0, {
+        match handle(ws) {
+            Some(c) => c.http_response().0 as c_int,
+            None => 0,
+        }
+    })
+}
+
+/// Copies the raw head (status line and headers) of a rejected handshake
+/// response into `buf` (NUL-terminated, truncated to `size` - 1 bytes) and
+/// returns its full length; -1 for NULL ws.
+#[no_mangle]
+pub unsafe extern "C" fn pj_websock_get_http_response(ws: *const pj_websock, buf: *mut c_char, size: pj_size_t) -> pj_ssize_t {
+    guard!(-1, {
+        let Some(c) = handle(ws) else { return -1 };
+        let head = c.http_response().1;
+        copy_out(&head, buf, size);
+        head.len() as pj_ssize_t
+    })
+}
+
+/// Copies the subprotocol the server selected into `buf` (NUL-terminated,
+/// truncated to `size` - 1 bytes) and returns its length: 0 when none was
+/// selected, -1 for NULL ws.
+#[no_mangle]
+pub unsafe extern "C" fn pj_websock_get_subprotocol(ws: *const pj_websock, buf: *mut c_char, size: pj_size_t) -> pj_ssize_t {
+    guard!(-1, {
+        let Some(c) = handle(ws) else { return -1 };
+        let p = c.subprotocol().unwrap_or_default();
+        copy_out(p.as_bytes(), buf, size);
+        p.len() as pj_ssize_t
+    })
+}
+
+unsafe fn copy_out(src: &[u8], buf: *mut c_char, size: pj_size_t) {
+    if buf.is_null() || size == 0 {
+        return;
+    }
+    let n = src.len().min(size - 1);
+    std::ptr::copy_nonoverlapping(src.as_ptr(), buf as *mut u8, n);
+    *buf.add(n) = 0;
+}
+
+/// Describes `status` (libpjwebsock's codes, pjlib's common codes and OS
+/// errors) into `buf`, NUL-terminated, and returns it as a `pj_str_t`. Has
+/// the signature of pjlib's `pj_error_callback`, and is registered with
+/// `pj_register_strerror()` when pjlib is in the process.
+#[no_mangle]
+pub unsafe extern "C" fn pj_websock_strerror(status: pj_status_t, buf: *mut c_char, bufsize: pj_size_t) -> pj_str_t {
+    guard!(pj_str_t { ptr: buf, slen: 0 }, {
+        if buf.is_null() || bufsize == 0 {
+            return pj_str_t { ptr: buf, slen: 0 };
+        }
+        let msg = describe(status).unwrap_or_else(|| format!("Unknown error {}", status));
+        copy_out(msg.as_bytes(), buf, bufsize);
+        pj_str_t { ptr: buf, slen: msg.len().min(bufsize - 1) as pj_ssize_t }
+    })
+}
+
+/// Number of instances created and not yet completely freed (teardown
+/// finishes on the event thread shortly after `pj_websock_destroy()`).
+#[no_mangle]
+pub extern "C" fn pj_websock_get_live_count() -> c_uint {
+    client::LIVE.load(Ordering::Relaxed) as c_uint
+}

@@ -1,0 +1,3 @@
+//! The C interface: `#[repr(C)]` types and the `extern "C"` functions.
+pub mod api;
+pub mod types;

@@ -1,0 +1,353 @@
+//! The library's own event loop: one epoll thread shared by every instance
+//! that was created without a pjlib ioqueue.
+//!
+//! Contract with handlers:
+//! - `on_io` and `on_timer` run on the loop thread only, with the loop's
+//!   context, so a handler may register and deregister sockets there.
+//! - Any thread may `post` a closure to run on the loop thread, and may
+//!   schedule or cancel a handler's single timer.
+//! - A socket's epoll token carries a generation, so an event that was
+//!   already queued for a socket closed earlier in the same batch is
+//!   recognised as stale and dropped.
+//! - A registered handler is kept alive (strong `Arc`) until it is
+//!   deregistered; deregistered handlers are dropped only after the batch
+//!   of events that might still name them.
+
+use std::collections::{BinaryHeap, HashMap};
+use std::cmp::Reverse;
+use std::io;
+use std::os::fd::RawFd;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::ThreadId;
+use std::time::{Duration, Instant};
+
+/// Size of the receive buffer shared by every connection of the loop.
+pub const RX_BUF_SIZE: usize = 256 * 1024;
+
+const WAKE_TOKEN: u64 = u64::MAX;
+
+/// What the loop calls back into (implemented by the WebSocket client).
+pub trait Handler: Send + Sync {
+    /// Readiness on a socket registered with `token`.
+    fn on_io(self: Arc<Self>, ctx: &mut LoopCtx, token: Token, events: u32);
+    /// The handler's timer expired.
+    fn on_timer(self: Arc<Self>, ctx: &mut LoopCtx);
+    /// A panic escaped `on_io` or `on_timer`: fail just this handler.
+    fn on_panic(self: Arc<Self>, ctx: &mut LoopCtx);
+}
+
+/// Identifies one registration of one socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Token(u64);
+
+impl Token {
+    fn new(idx: u32, gen: u32) -> Token {
+        Token(idx as u64 | ((gen as u64) << 32))
+    }
+    fn idx(self) -> usize {
+        (self.0 & 0xffff_ffff) as usize
+    }
+    fn gen(self) -> u32 {
+        (self.0 >> 32) as u32
+    }
+}
+
+/// Identifies one scheduled timer so it can be cancelled.
+pub type TimerId = u64;
+
+struct Slot {
+    gen: u32,
+    handler: Option<Arc<dyn Handler>>,
+}
+
+type Command = Box<dyn FnOnce(&mut LoopCtx) + Send>;
+
+struct Shared {
+    commands: Vec<Command>,
+    heap: BinaryHeap<Reverse<(Instant, TimerId)>>,
+    timers: HashMap<TimerId, Arc<dyn Handler>>,
+}
+
+/// State owned by the loop thread.
+pub struct LoopCtx {
+    lp: &'static EventLoop,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    graveyard: Vec<Arc<dyn Handler>>,
+    /// Receive buffer shared by all connections (taken while in use).
+    pub rx_buf: Vec<u8>,
+}
+
+/// The process-wide event loop.
+pub struct EventLoop {
+    epfd: RawFd,
+    wakefd: RawFd,
+    shared: Mutex<Shared>,
+    notified: AtomicBool,
+    next_timer: AtomicU64,
+    thread: OnceLock<ThreadId>,
+}
+
+static LOOP: OnceLock<Result<&'static EventLoop, i32>> = OnceLock::new();
+
+/// The shared loop, started on first use.
+pub fn get() -> Result<&'static EventLoop, i32> {
+    *LOOP.get_or_init(|| EventLoop::start().map_err(|e| e.raw_os_error().unwrap_or(libc::EIO)))
+}
+
+/// The loop if it was started already (no side effects).
+pub fn try_get() -> Option<&'static EventLoop> {
+    LOOP.get().and_then(|r| r.ok())
+}
+
+impl EventLoop {
+    fn start() -> io::Result<&'static EventLoop> {
+        // SAFETY: plain syscalls; the fds are owned by the leaked loop.
+        let epfd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if epfd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let wakefd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if wakefd < 0 {
+            let e = io::Error::last_os_error();
+            unsafe { libc::close(epfd) };
+            return Err(e);
+        }
+        let mut ev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: WAKE_TOKEN };
+        if unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, wakefd, &mut ev) } < 0 {
+            let e = io::Error::last_os_error();
+            unsafe {
+                libc::close(epfd);
+                libc::close(wakefd);
+            }
+            return Err(e);
+        }
+        // The loop lives for the rest of the process: instances may exist
+        // until exit, and a static lets handlers reach it without counting.
+        let lp: &'static EventLoop = Box::leak(Box::new(EventLoop {
+            epfd,
+            wakefd,
+            shared: Mutex::new(Shared { commands: Vec::new(), heap: BinaryHeap::new(), timers: HashMap::new() }),
+            notified: AtomicBool::new(false),
+            next_timer: AtomicU64::new(1),
+            thread: OnceLock::new(),
+        }));
+        std::thread::Builder::new()
+            .name("pjwebsock-loop".into())
+            .stack_size(256 * 1024)
+            .spawn(move || lp.run())?;
+        Ok(lp)
+    }
+
+    /// Is the caller running on the loop thread?
+    pub fn on_loop_thread(&self) -> bool {
+        self.thread.get() == Some(&std::thread::current().id())
+    }
+
+    fn wake(&self) {
+        if !self.notified.swap(true, Ordering::AcqRel) {
+            let one: u64 = 1;
+            // SAFETY: writes 8 bytes from a valid u64 to our eventfd.
+            unsafe { libc::write(self.wakefd, &one as *const u64 as *const libc::c_void, 8) };
+        }
+    }
+
+    /// Runs `f` on the loop thread, after the current batch of events.
+    pub fn post(&self, f: impl FnOnce(&mut LoopCtx) + Send + 'static) {
+        self.shared.lock().unwrap_or_else(|e| e.into_inner()).commands.push(Box::new(f));
+        self.wake();
+    }
+
+    /// Schedules `handler.on_timer` at `at`; returns an id for `cancel_timer`.
+    pub fn schedule(&self, handler: Arc<dyn Handler>, at: Instant) -> TimerId {
+        let id = self.next_timer.fetch_add(1, Ordering::Relaxed);
+        let mut sh = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        let earliest = sh.heap.peek().map(|Reverse((t, _))| *t);
+        sh.heap.push(Reverse((at, id)));
+        sh.timers.insert(id, handler);
+        drop(sh);
+        // A new earliest deadline must shorten the loop's current wait.
+        if !self.on_loop_thread() && earliest.is_none_or(|e| at < e) {
+            self.wake();
+        }
+        id
+    }
+
+    /// Cancels a timer (a no-op if it already fired).
+    pub fn cancel_timer(&self, id: TimerId) {
+        let removed = self.shared.lock().unwrap_or_else(|e| e.into_inner()).timers.remove(&id);
+        drop(removed); // dropping the handler outside the lock
+    }
+
+    /// Changes the epoll interest of a registered socket (any thread).
+    pub fn modify(&self, fd: RawFd, token: Token, events: u32) -> io::Result<()> {
+        let mut ev = libc::epoll_event { events, u64: token.0 };
+        // SAFETY: valid epoll fd and event struct.
+        if unsafe { libc::epoll_ctl(self.epfd, libc::EPOLL_CTL_MOD, fd, &mut ev) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    fn run(&'static self) {
+        let _ = self.thread.set(std::thread::current().id());
+        crate::pjlib::register_thread();
+        let mut ctx = LoopCtx { lp: self, slots: Vec::new(), free: Vec::new(), graveyard: Vec::new(), rx_buf: vec![0; RX_BUF_SIZE] };
+        let mut events: Vec<libc::epoll_event> = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
+        loop {
+            let timeout = self.next_timeout();
+            // SAFETY: events has capacity for events.len() entries.
+            let n = unsafe { libc::epoll_wait(self.epfd, events.as_mut_ptr(), events.len() as i32, timeout) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                continue;
+            }
+            let mut woken = false;
+            for ev in &events[..n as usize] {
+                let (flags, data) = (ev.events, ev.u64);
+                if data == WAKE_TOKEN {
+                    woken = true;
+                    continue;
+                }
+                let token = Token(data);
+                let handler = match ctx.slots.get(token.idx()) {
+                    Some(slot) if slot.gen == token.gen() => slot.handler.clone(),
+                    _ => None,
+                };
+                if let Some(h) = handler {
+                    let h2 = h.clone();
+                    if catch_unwind(AssertUnwindSafe(|| h.on_io(&mut ctx, token, flags))).is_err() {
+                        let _ = catch_unwind(AssertUnwindSafe(|| h2.on_panic(&mut ctx)));
+                    }
+                }
+            }
+            if woken {
+                let mut buf = 0u64;
+                // SAFETY: reads 8 bytes into a valid u64.
+                unsafe { libc::read(self.wakefd, &mut buf as *mut u64 as *mut libc::c_void, 8) };
+                self.notified.store(false, Ordering::Release);
+            }
+            self.run_commands(&mut ctx);
+            self.run_timers(&mut ctx);
+            ctx.graveyard.clear();
+            if n as usize == events.len() && events.len() < 4096 {
+                events.resize(events.len() * 2, libc::epoll_event { events: 0, u64: 0 });
+            }
+        }
+    }
+
+    fn run_commands(&self, ctx: &mut LoopCtx) {
+        loop {
+            let cmds = std::mem::take(&mut self.shared.lock().unwrap_or_else(|e| e.into_inner()).commands);
+            if cmds.is_empty() {
+                return;
+            }
+            for c in cmds {
+                // A panicking command must not take the loop down.
+                let _ = catch_unwind(AssertUnwindSafe(|| c(ctx)));
+            }
+        }
+    }
+
+    fn run_timers(&self, ctx: &mut LoopCtx) {
+        let now = Instant::now();
+        loop {
+            let due = {
+                let mut sh = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+                let mut due = None;
+                while let Some(Reverse((t, id))) = sh.heap.peek().copied() {
+                    if !sh.timers.contains_key(&id) {
+                        sh.heap.pop(); // cancelled
+                        continue;
+                    }
+                    if t > now {
+                        break;
+                    }
+                    sh.heap.pop();
+                    due = sh.timers.remove(&id);
+                    break;
+                }
+                due
+            };
+            match due {
+                Some(h) => {
+                    let h2 = h.clone();
+                    if catch_unwind(AssertUnwindSafe(|| h.on_timer(ctx))).is_err() {
+                        let _ = catch_unwind(AssertUnwindSafe(|| h2.on_panic(ctx)));
+                    }
+                }
+                None => return,
+            }
+        }
+    }
+
+    fn next_timeout(&self) -> i32 {
+        let mut sh = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(Reverse((t, id))) = sh.heap.peek().copied() {
+            if !sh.timers.contains_key(&id) {
+                sh.heap.pop();
+                continue;
+            }
+            let now = Instant::now();
+            if t <= now {
+                return 0;
+            }
+            // Round up so a timer never fires early.
+            let d = t - now;
+            let ms = d.as_millis() + u128::from(d.as_nanos() % 1_000_000 != 0);
+            return ms.min(i32::MAX as u128) as i32;
+        }
+        -1
+    }
+}
+
+impl LoopCtx {
+    /// The loop this context belongs to.
+    pub fn event_loop(&self) -> &'static EventLoop {
+        self.lp
+    }
+
+    /// Adds `fd` to epoll with `events`; the handler stays alive until
+    /// `deregister`.
+    pub fn register(&mut self, fd: RawFd, handler: Arc<dyn Handler>, events: u32) -> io::Result<Token> {
+        let idx = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.slots.push(Slot { gen: 0, handler: None });
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let slot = &mut self.slots[idx as usize];
+        slot.gen = slot.gen.wrapping_add(1);
+        let token = Token::new(idx, slot.gen);
+        let mut ev = libc::epoll_event { events, u64: token.0 };
+        // SAFETY: valid epoll fd and event struct.
+        if unsafe { libc::epoll_ctl(self.lp.epfd, libc::EPOLL_CTL_ADD, fd, &mut ev) } < 0 {
+            let e = io::Error::last_os_error();
+            self.free.push(idx);
+            return Err(e);
+        }
+        slot.handler = Some(handler);
+        Ok(token)
+    }
+
+    /// Removes `fd` (registered as `token`) from epoll. The caller closes fd.
+    pub fn deregister(&mut self, fd: RawFd, token: Token) {
+        let mut ev = libc::epoll_event { events: 0, u64: 0 };
+        // SAFETY: valid epoll fd; errors (fd already gone) are harmless.
+        unsafe { libc::epoll_ctl(self.lp.epfd, libc::EPOLL_CTL_DEL, fd, &mut ev) };
+        if let Some(slot) = self.slots.get_mut(token.idx()) {
+            if slot.gen == token.gen() {
+                if let Some(h) = slot.handler.take() {
+                    self.graveyard.push(h);
+                }
+                self.free.push(token.idx() as u32);
+            }
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! Thin, non-blocking TCP socket helpers over libc.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+
+/// An owned non-blocking TCP socket; closed on drop.
+pub struct Socket {
+    fd: RawFd,
+}
+
+fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+fn sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: sockaddr_storage is plain old data; all-zero is valid.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match addr {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
+            unsafe { std::ptr::write(&mut ss as *mut _ as *mut libc::sockaddr_in, sin) };
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: a.flowinfo(),
+                sin6_addr: libc::in6_addr { s6_addr: a.ip().octets() },
+                sin6_scope_id: a.scope_id(),
+            };
+            // SAFETY: as above, for sockaddr_in6.
+            unsafe { std::ptr::write(&mut ss as *mut _ as *mut libc::sockaddr_in6, sin6) };
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (ss, len as libc::socklen_t)
+}
+
+impl Socket {
+    /// Creates a socket and starts a non-blocking connect. Ok(true) when
+    /// already connected, Ok(false) when in progress.
+    pub fn connect(addr: &SocketAddr) -> io::Result<(Socket, bool)> {
+        let family = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+        // SAFETY: plain syscall.
+        let fd = cvt(unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0) })?;
+        let s = Socket { fd };
+        s.set_nodelay();
+        let (ss, len) = sockaddr(addr);
+        // SAFETY: ss holds a valid address of length len.
+        let r = unsafe { libc::connect(fd, &ss as *const _ as *const libc::sockaddr, len) };
+        if r == 0 {
+            return Ok((s, true));
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EINPROGRESS) {
+            Ok((s, false))
+        } else {
+            Err(e)
+        }
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.fd
+    }
+
+    /// Small WebSocket frames must leave at once, not wait for Nagle.
+    fn set_nodelay(&self) {
+        let one: libc::c_int = 1;
+        // SAFETY: valid fd and option value.
+        unsafe {
+            libc::setsockopt(
+                self.fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_NODELAY,
+                &one as *const _ as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+    }
+
+    /// The result of a non-blocking connect (SO_ERROR): 0 = connected.
+    pub fn take_error(&self) -> i32 {
+        let mut err: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: valid fd, err/len point to valid storage.
+        let r = unsafe { libc::getsockopt(self.fd, libc::SOL_SOCKET, libc::SO_ERROR, &mut err as *mut _ as *mut libc::c_void, &mut len) };
+        if r < 0 {
+            io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
+        } else {
+            err
+        }
+    }
+
+    pub fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        // SAFETY: buf is valid for writes of buf.len() bytes.
+        let r = unsafe { libc::recv(self.fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0) };
+        if r < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(r as usize)
+        }
+    }
+
+    /// Writes without raising SIGPIPE on a closed connection.
+    pub fn write(&self, buf: &[u8]) -> io::Result<usize> {
+        // SAFETY: buf is valid for reads of buf.len() bytes.
+        let r = unsafe { libc::send(self.fd, buf.as_ptr() as *const libc::c_void, buf.len(), libc::MSG_NOSIGNAL) };
+        if r < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(r as usize)
+        }
+    }
+
+    /// Half-closes the sending side (after our last frame).
+    pub fn shutdown_write(&self) {
+        // SAFETY: plain syscall on our fd.
+        unsafe { libc::shutdown(self.fd, libc::SHUT_WR) };
+    }
+}
+
+impl Drop for Socket {
+    fn drop(&mut self) {
+        // SAFETY: we own fd and close it once.
+        unsafe { libc::close(self.fd) };
+    }
+}
