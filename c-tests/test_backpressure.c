@@ -1,0 +1,270 @@
+/* Back-pressure: the server stops reading (/pause?ms=N) so that the
+ * client's writes back up past the kernel buffers.
+ *  - 64 MiB queued in 1 MiB messages: every send returns at once, the
+ *    buffered amount grows, and after the pause everything is echoed intact
+ *    and in order and the buffered amount drains to 0;
+ *  - with pj_websock_set_max_buffered(8 MiB) a send eventually returns
+ *    PJ_EBUSY and queues nothing; smaller messages that still fit are
+ *    accepted; the accepted ones all arrive afterwards. */
+#include "common.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MSG_SIZE MiB
+
+static void put_u32(unsigned char *p, uint32_t v)
+{
+    p[0] = (unsigned char)(v >> 24);
+    p[1] = (unsigned char)(v >> 16);
+    p[2] = (unsigned char)(v >> 8);
+    p[3] = (unsigned char)v;
+}
+
+static uint32_t get_u32(const unsigned char *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+/* Message i: 4-byte sequence number + pattern with offset i. */
+static void make_msg(unsigned char *buf, size_t len, uint32_t i)
+{
+    put_u32(buf, i);
+    pat_fill(buf + 4, len - 4, i);
+}
+
+/* Checks that messages [0, n) are the echoes of make_msg(i) of length len[i]. */
+static void check_echoes(t_case *tc, tctx *c, size_t n, const size_t *lens)
+{
+    for (size_t i = 0; i < n; ++i) {
+        rx_msg m;
+        if (!tctx_msg(c, i, &m)) {
+            t_fail_at(tc, __FILE__, __LINE__, "echo %zu missing", i);
+            return;
+        }
+        if (m.opcode != PJ_WEBSOCK_OP_BIN || m.len != lens[i]) {
+            t_fail_at(tc, __FILE__, __LINE__, "echo %zu: op %d len %zu, want BIN %zu", i, m.opcode, m.len, lens[i]);
+            return;
+        }
+        if (get_u32(m.data) != i) {
+            t_fail_at(tc, __FILE__, __LINE__, "echo %zu carries sequence %u (order)", i, get_u32(m.data));
+            return;
+        }
+        long bad = pat_check(m.data + 4, m.len - 4, i);
+        if (bad >= 0) {
+            t_fail_at(tc, __FILE__, __LINE__, "echo %zu differs at %ld", i, bad);
+            return;
+        }
+    }
+}
+
+static int wait_drained(pj_websock *ws, int ms)
+{
+    double t0 = now_ms();
+    while (pj_websock_get_buffered_amount(ws) != 0) {
+        if (now_ms() - t0 > ms)
+            return 0;
+        sleep_ms(10);
+    }
+    return 1;
+}
+
+/* ---- 64 MiB on a paused peer ---------------------------------------- */
+
+enum { N_BIG = 64 };
+
+static struct {
+    int ran;
+    double max_send_ms;
+    int max_send_idx;
+} g_big;
+
+static void case_queue_64mib(t_case *tc, void *arg)
+{
+    (void)arg;
+    char url[512];
+    char path[64];
+    tctx c;
+    pj_websock_param p;
+    unsigned char *buf = NULL;
+    size_t lens[N_BIG];
+    int pause_ms = under_valgrind() ? 40000 : 3000;
+    tctx_init(&c);
+    snprintf(path, sizeof(path), "/pause?ms=%d", pause_ms);
+    if (!need_url(tc, url, sizeof(url), "WS_ECHO_URL", path))
+        goto out;
+    tctx_param(&c, &p);
+    p.max_rx_msg_size = 2 * MiB;
+    T_REQUIRE(tc, tctx_open(tc, &c, &p, url, NULL), "open failed");
+    double t_open = now_ms();
+    pj_status_t rc = pj_websock_set_max_buffered(c.ws, 256 * MiB);
+    T_REQUIRE(tc, rc == PJ_SUCCESS, "set_max_buffered(256 MiB): %s", st(rc));
+    buf = malloc(MSG_SIZE);
+    T_REQUIRE(tc, buf, "malloc");
+
+    size_t buffered_first = 0, buffered_max = 0;
+    g_big.max_send_ms = 0;
+    for (uint32_t i = 0; i < N_BIG; ++i) {
+        lens[i] = MSG_SIZE;
+        make_msg(buf, MSG_SIZE, i);
+        double t0 = now_ms();
+        rc = pj_websock_send(c.ws, PJ_WEBSOCK_OP_BIN, buf, MSG_SIZE);
+        double dt = now_ms() - t0;
+        T_REQUIRE(tc, rc == PJ_SUCCESS, "send #%u: %s", i, st(rc));
+        if (dt > g_big.max_send_ms) {
+            g_big.max_send_ms = dt;
+            g_big.max_send_idx = (int)i;
+        }
+        size_t b = pj_websock_get_buffered_amount(c.ws);
+        if (i == 0)
+            buffered_first = b;
+        if (b > buffered_max)
+            buffered_max = b;
+    }
+    double t_queued = now_ms();
+    size_t buffered_end = pj_websock_get_buffered_amount(c.ws);
+    printf("# queued %d MiB in %.0f ms; buffered: after first %zu, at end %zu, max %zu; slowest send #%d %.2f ms\n",
+           N_BIG, t_queued - t_open, buffered_first, buffered_end, buffered_max, g_big.max_send_idx,
+           g_big.max_send_ms);
+    g_big.ran = 1;
+    if (t_queued - t_open < pause_ms - 200) {
+        /* The peer is still paused: the kernel can hold only a few MiB. */
+        T_CHECK(tc, buffered_end > 32 * MiB, "buffered amount %zu after queueing 64 MiB to a paused peer",
+                buffered_end);
+        T_CHECK(tc, buffered_end > buffered_first, "buffered amount did not grow (%zu -> %zu)", buffered_first,
+                buffered_end);
+    }
+    T_CHECK(tc, buffered_max <= (size_t)N_BIG * (MSG_SIZE + 14), "buffered amount %zu exceeds what was sent",
+            buffered_max);
+
+    T_REQUIRE(tc, tctx_wait_rx(&c, N_BIG, tmo(60000) + pause_ms), "only %zu of %d echoes (state %s, close %u)",
+              c.n_rx, N_BIG, state_name(pj_websock_get_state(c.ws)), c.close_code);
+    T_CHECK(tc, c.n_close == 0, "on_close(%u) during the transfer", c.close_code);
+    check_echoes(tc, &c, N_BIG, lens);
+    T_CHECK(tc, wait_drained(c.ws, tmo(5000)), "buffered amount stays %zu after all echoes",
+            pj_websock_get_buffered_amount(c.ws));
+    tctx_close_wait(tc, &c, 1000, NULL);
+out:
+    free(buf);
+    if (c.ws)
+        pj_websock_destroy(c.ws);
+    tctx_free(&c);
+}
+
+static void case_sends_fast(t_case *tc, void *arg)
+{
+    (void)arg;
+    if (skip_timing_under_valgrind(tc))
+        return;
+    T_REQUIRE(tc, g_big.ran, "the 64 MiB scenario did not run");
+    T_CHECK(tc, g_big.max_send_ms < 50.0, "send #%d of 1 MiB took %.1f ms while the peer was paused",
+            g_big.max_send_idx, g_big.max_send_ms);
+out:;
+}
+
+/* ---- high-water mark ------------------------------------------------ */
+
+#define HWM (8 * MiB)
+enum { MAX_TRIES = 200 };
+
+static struct {
+    int ran;
+    size_t buffered_before_busy;
+    size_t frame_len;
+} g_hwm;
+
+static void case_ebusy(t_case *tc, void *arg)
+{
+    (void)arg;
+    char url[512];
+    char path[64];
+    tctx c;
+    pj_websock_param p;
+    unsigned char *buf = NULL;
+    size_t lens[MAX_TRIES + 2];
+    int pause_ms = under_valgrind() ? 30000 : 2500;
+    uint32_t n_ok = 0;
+    pj_status_t rc = PJ_SUCCESS;
+    tctx_init(&c);
+    snprintf(path, sizeof(path), "/pause?ms=%d", pause_ms);
+    if (!need_url(tc, url, sizeof(url), "WS_ECHO_URL", path))
+        goto out;
+    tctx_param(&c, &p);
+    p.max_rx_msg_size = 2 * MiB;
+    T_REQUIRE(tc, tctx_open(tc, &c, &p, url, NULL), "open failed");
+    double t_open = now_ms();
+    rc = pj_websock_set_max_buffered(c.ws, HWM);
+    T_REQUIRE(tc, rc == PJ_SUCCESS, "set_max_buffered: %s", st(rc));
+    buf = malloc(MSG_SIZE);
+    T_REQUIRE(tc, buf, "malloc");
+
+    size_t before = 0, after = 0;
+    while (n_ok < MAX_TRIES) {
+        make_msg(buf, MSG_SIZE, n_ok);
+        before = pj_websock_get_buffered_amount(c.ws);
+        rc = pj_websock_send(c.ws, PJ_WEBSOCK_OP_BIN, buf, MSG_SIZE);
+        after = pj_websock_get_buffered_amount(c.ws);
+        if (rc != PJ_SUCCESS)
+            break;
+        lens[n_ok++] = MSG_SIZE;
+    }
+    double t_busy = now_ms();
+    printf("# %u MiB accepted before %s; buffered before the refused send %zu, after %zu\n", n_ok, st(rc), before,
+           after);
+    T_REQUIRE(tc, rc == PJ_EBUSY, "after %u MiB to a paused peer send returned %s, want PJ_EBUSY", n_ok, st(rc));
+    T_REQUIRE(tc, t_busy - t_open < pause_ms, "peer pause expired before the mark was reached; inconclusive");
+    T_CHECK(tc, n_ok >= 4, "PJ_EBUSY after only %u MiB with an 8 MiB mark", n_ok);
+    T_CHECK(tc, after <= before, "refused send queued data: buffered %zu -> %zu", before, after);
+    g_hwm.ran = 1;
+    g_hwm.buffered_before_busy = before;
+    g_hwm.frame_len = MSG_SIZE;
+
+    /* a refused send is not a latch: refused again, and still OPEN */
+    rc = pj_websock_send(c.ws, PJ_WEBSOCK_OP_BIN, buf, MSG_SIZE);
+    T_CHECK(tc, rc == PJ_EBUSY, "second 1 MiB send: %s", st(rc));
+    T_CHECK(tc, pj_websock_get_state(c.ws) == PJ_WEBSOCK_STATE_OPEN, "state %s after PJ_EBUSY",
+            state_name(pj_websock_get_state(c.ws)));
+
+    /* after the pause everything accepted arrives, then sending works again */
+    T_REQUIRE(tc, tctx_wait_rx(&c, n_ok, tmo(60000) + pause_ms), "only %zu of %u echoes", c.n_rx, n_ok);
+    check_echoes(tc, &c, n_ok, lens);
+    T_CHECK(tc, wait_drained(c.ws, tmo(5000)), "buffered amount stays %zu", pj_websock_get_buffered_amount(c.ws));
+    make_msg(buf, MSG_SIZE, n_ok);
+    rc = pj_websock_send(c.ws, PJ_WEBSOCK_OP_BIN, buf, MSG_SIZE);
+    T_REQUIRE(tc, rc == PJ_SUCCESS, "send after drain: %s", st(rc));
+    lens[n_ok] = MSG_SIZE;
+    T_REQUIRE(tc, tctx_wait_rx(&c, n_ok + 1, tmo(10000)), "no echo after drain");
+    check_echoes(tc, &c, n_ok + 1, lens);
+    tctx_close_wait(tc, &c, 1000, NULL);
+out:
+    free(buf);
+    if (c.ws)
+        pj_websock_destroy(c.ws);
+    tctx_free(&c);
+}
+
+/* EXTENSIONS.draft.h: "send returns PJ_EBUSY when buffered + new frame
+ * would exceed it", i.e. the buffered amount never goes above the mark. */
+static void case_ebusy_counts_new_frame(t_case *tc, void *arg)
+{
+    (void)arg;
+    T_REQUIRE(tc, g_hwm.ran, "the PJ_EBUSY scenario did not run");
+    T_CHECK(tc, g_hwm.buffered_before_busy + g_hwm.frame_len > HWM,
+            "PJ_EBUSY although buffered %zu + frame %zu fits the %zu mark", g_hwm.buffered_before_busy,
+            g_hwm.frame_len, (size_t)HWM);
+    T_CHECK(tc, g_hwm.buffered_before_busy <= HWM,
+            "buffered amount %zu went above the %zu mark (the new frame is not counted)",
+            g_hwm.buffered_before_busy, (size_t)HWM);
+out:;
+}
+
+int main(void)
+{
+    t_run("64 MiB to a paused peer: buffered amount grows, echoes intact, drains to 0", case_queue_64mib, NULL);
+    t_run("sends return fast (< 50 ms) while the peer is paused", case_sends_fast, NULL);
+    t_run("PJ_EBUSY at the high-water mark, nothing queued, accepted data arrives", case_ebusy, NULL);
+    t_run("high-water mark counts the new frame (buffered never above the mark)", case_ebusy_counts_new_frame,
+          NULL);
+    return t_done();
+}
