@@ -18,8 +18,9 @@ use std::time::{Duration, Instant};
 
 use crate::ffi::types::*;
 use crate::net::evloop::{self, EventLoop, Handler, LoopCtx, TimerId, Token};
-use crate::net::resolve;
 use crate::net::sock::Socket;
+use crate::net::tls::{self, HandshakeStep, TlsConfig, TlsIoError, TlsSession, TlsStream};
+use crate::net::worker;
 use crate::net::url::WsUrl;
 use crate::proto::close;
 use crate::proto::conn::{Conn, Event, Payload};
@@ -63,12 +64,42 @@ pub struct ConnectRequest {
     pub url: WsUrl,
     pub subprotocols: Option<Vec<u8>>,
     pub extra: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The application's `pj_ssl_sock_param`, when it gave one.
+    pub ssl_param: Option<SslParamView>,
+}
+
+/// TLS settings made through the extension API.
+#[derive(Clone, Default)]
+struct TlsExt {
+    ca_file: Option<String>,
+    ca_dir: Option<String>,
+    cert_file: Option<String>,
+    key_file: Option<String>,
+    key_password: Option<String>,
+    pins: Vec<[u8; 32]>,
+    force_verify: bool,
+}
+
+/// What a wss:// connection needs besides the socket.
+struct TlsPlan {
+    cfg: TlsConfig,
+    sess: TlsSession,
+    timeout: Option<Duration>,
+}
+
+/// Outcome of one socket read or write.
+enum Io {
+    Done(usize),
+    WouldBlock,
+    Eof,
+    Failed(pj_status_t),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Phase {
     Resolving,
     Connecting,
+    TlsHandshaking,
     Handshaking,
     Open,
     Closing,
@@ -85,6 +116,10 @@ struct Link {
     next_addr: usize,
     last_err: pj_status_t,
     sock: Option<(Socket, Token)>,
+    tls_plan: Option<TlsPlan>,
+    tls_ctx: Option<openssl::ssl::SslContext>,
+    tls: Option<Box<TlsStream>>,
+    tls_deadline: Option<Instant>,
     hs: Option<Handshake>,
     request: Vec<u8>,
     conn: Option<Box<Conn>>,
@@ -113,6 +148,8 @@ struct Inner {
     subprotocol: Option<String>,
     http_status: u16,
     response_head: Vec<u8>,
+    tls_ext: TlsExt,
+    verify_result: i32,
 }
 
 struct Gate {
@@ -125,6 +162,9 @@ pub struct Client {
     inner: Mutex<Inner>,
     cb: pj_websock_cb,
     user_data: AtomicPtr<c_void>,
+    /// The application's `pj_ssl_sock_param *` (read at each connect, as
+    /// upstream does), stored as an address.
+    ssl_param: usize,
     gate: Mutex<Gate>,
     gate_cv: Condvar,
 }
@@ -177,7 +217,7 @@ fn no_close_info() -> pj_websock_close_info {
 }
 
 impl Link {
-    fn new(attempt: u64, url: &WsUrl, hs: Handshake, request: Vec<u8>, deadline: Instant) -> Link {
+    fn new(attempt: u64, url: &WsUrl, hs: Handshake, request: Vec<u8>, deadline: Instant, tls_plan: Option<TlsPlan>) -> Link {
         Link {
             phase: Phase::Resolving,
             attempt,
@@ -188,6 +228,10 @@ impl Link {
             next_addr: 0,
             last_err: PJ_ERESOLVE,
             sock: None,
+            tls_plan,
+            tls_ctx: None,
+            tls: None,
+            tls_deadline: None,
             hs: Some(hs),
             request,
             conn: None,
@@ -212,22 +256,75 @@ impl Link {
     }
 
     fn earliest_deadline(&self) -> Option<Instant> {
-        [self.connect_deadline, self.addr_deadline, self.close_deadline, self.next_ping].into_iter().flatten().min()
+        [self.connect_deadline, self.addr_deadline, self.tls_deadline, self.close_deadline, self.next_ping]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    fn io_read(&mut self, buf: &mut [u8]) -> Io {
+        let Some((sock, _)) = self.sock.as_ref() else { return Io::Eof };
+        if let Some(t) = self.tls.as_mut() {
+            return match t.read(buf) {
+                Ok(0) => Io::Eof,
+                Ok(n) => Io::Done(n),
+                Err(TlsIoError::WouldBlock) => Io::WouldBlock,
+                Err(TlsIoError::Eof) => Io::Eof,
+                Err(TlsIoError::Failed(s)) => Io::Failed(s),
+            };
+        }
+        loop {
+            return match sock.read(buf) {
+                Ok(0) => Io::Eof,
+                Ok(n) => Io::Done(n),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Io::WouldBlock,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => Io::Failed(io_status(&e)),
+            };
+        }
+    }
+
+    fn io_write(&mut self, buf: &[u8]) -> Io {
+        let Some((sock, _)) = self.sock.as_ref() else { return Io::Eof };
+        if let Some(t) = self.tls.as_mut() {
+            return match t.write(buf) {
+                Ok(n) => Io::Done(n),
+                Err(TlsIoError::WouldBlock) => Io::WouldBlock,
+                Err(TlsIoError::Eof) => Io::Failed(PJ_EEOF),
+                Err(TlsIoError::Failed(s)) => Io::Failed(s),
+            };
+        }
+        loop {
+            return match sock.write(buf) {
+                Ok(n) => Io::Done(n),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Io::WouldBlock,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => Io::Failed(io_status(&e)),
+            };
+        }
     }
 
     /// Writes as much of the send queue as the socket takes and keeps the
     /// EPOLLOUT interest in step with what is left. Callable from any
     /// thread with the instance locked.
     fn flush(&mut self, lp: &EventLoop) -> Result<(), pj_status_t> {
-        let Some((sock, token)) = self.sock.as_ref() else { return Ok(()) };
+        if self.sock.is_none() {
+            return Ok(());
+        }
         while self.tx_head < self.tx.len() {
-            match sock.write(&self.tx[self.tx_head..]) {
-                Ok(n) => self.tx_head += n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(io_status(&e)),
+            let head = self.tx_head;
+            // Split borrow: the queue is read while the transport writes.
+            let tx = std::mem::take(&mut self.tx);
+            let r = self.io_write(&tx[head..]);
+            self.tx = tx;
+            match r {
+                Io::Done(n) => self.tx_head += n,
+                Io::WouldBlock => break,
+                Io::Eof => return Err(PJ_EEOF),
+                Io::Failed(e) => return Err(e),
             }
         }
+        let Some((sock, token)) = self.sock.as_ref() else { return Ok(()) };
         let pending = self.tx_head < self.tx.len();
         if !pending {
             self.tx_head = 0;
@@ -241,6 +338,8 @@ impl Link {
             self.tx.drain(..self.tx_head);
             self.tx_head = 0;
         }
+        // TLS may need the socket writable to make progress on a read.
+        let pending = pending || self.tls.as_ref().is_some_and(|t| t.want_write);
         if pending != self.out_armed && self.phase != Phase::Connecting {
             let ev = if pending { EV_IN | EV_OUT } else { EV_IN };
             let _ = lp.modify(sock.fd(), *token, ev);
@@ -273,9 +372,12 @@ impl Client {
                 subprotocol: None,
                 http_status: 0,
                 response_head: Vec::new(),
+                tls_ext: TlsExt::default(),
+                verify_result: 0,
             }),
             cb: param.cb,
             user_data: AtomicPtr::new(param.user_data),
+            ssl_param: param.ssl_param as usize,
             gate: Mutex::new(Gate { destroyed: false, running: false }),
             gate_cv: Condvar::new(),
         })
@@ -310,6 +412,40 @@ impl Client {
     pub fn http_response(&self) -> (u16, Vec<u8>) {
         let g = lock(&self.inner);
         (g.http_status, g.response_head.clone())
+    }
+
+    /// The application's `pj_ssl_sock_param *` (may be NULL).
+    pub fn ssl_param(&self) -> *const pj_ssl_sock_param {
+        self.ssl_param as *const pj_ssl_sock_param
+    }
+
+    pub fn set_tls_ca(&self, file: Option<String>, dir: Option<String>) {
+        let mut g = lock(&self.inner);
+        g.tls_ext.ca_file = file;
+        g.tls_ext.ca_dir = dir;
+    }
+
+    pub fn set_tls_cert(&self, cert: Option<String>, key: Option<String>, password: Option<String>) {
+        let mut g = lock(&self.inner);
+        g.tls_ext.cert_file = cert;
+        g.tls_ext.key_file = key;
+        g.tls_ext.key_password = password;
+    }
+
+    pub fn add_tls_pin(&self, pin: Option<[u8; 32]>) {
+        let mut g = lock(&self.inner);
+        match pin {
+            Some(p) => g.tls_ext.pins.push(p),
+            None => g.tls_ext.pins.clear(),
+        }
+    }
+
+    pub fn set_tls_force_verify(&self, on: bool) {
+        lock(&self.inner).tls_ext.force_verify = on;
+    }
+
+    pub fn tls_verify_result(&self) -> i32 {
+        lock(&self.inner).verify_result
     }
 
     pub fn set_max_buffered(&self, n: usize) {
@@ -356,10 +492,19 @@ impl Client {
         if g.state != pj_websock_readystate::PJ_WEBSOCK_STATE_CLOSED || g.link.is_some() {
             return PJ_EINVALIDOP;
         }
+        let plan = if req.url.secure {
+            match tls_plan(&g.tls_ext, &req) {
+                Ok(p) => Some(p),
+                Err(e) => return e,
+            }
+        } else {
+            None
+        };
         g.attempt += 1;
+        g.verify_result = 0;
         let attempt = g.attempt;
         let deadline = Instant::now() + g.cfg.connect_timeout;
-        let mut link = Box::new(Link::new(attempt, &req.url, hs, request, deadline));
+        let mut link = Box::new(Link::new(attempt, &req.url, hs, request, deadline, plan));
         g.state = pj_websock_readystate::PJ_WEBSOCK_STATE_CONNECTING;
         g.info = no_close_info();
         g.subprotocol = None;
@@ -515,34 +660,49 @@ impl Client {
         if link.attempt != attempt || link.phase != Phase::Resolving || link.cancel {
             return;
         }
-        if let Some(ip) = link.ip {
+        let tls_cfg = link.tls_plan.as_ref().map(|p| p.cfg.clone());
+        if let (Some(ip), None) = (link.ip, &tls_cfg) {
+            // Plain ws:// to an IP literal: nothing blocking to do.
             link.addrs = vec![SocketAddr::new(ip, link.port)];
             let d = self.try_next_addr(ctx, &mut g);
             drop(g);
             self.deliver_all(d);
             return;
         }
-        let (host, port) = (link.host.clone(), link.port);
+        let (host, port, ip) = (link.host.clone(), link.port, link.ip);
         drop(g);
         let me = self.clone();
         let lp = ctx.event_loop();
-        resolve::resolve(host, port, move |res| {
-            lp.post(move |ctx| me.on_resolved(ctx, attempt, res));
+        worker::run(move || {
+            let tls = tls_cfg.map(|c| tls::context(&c));
+            let addrs = match ip {
+                Some(ip) => Ok(vec![SocketAddr::new(ip, port)]),
+                None => worker::lookup(&host, port),
+            };
+            lp.post(move |ctx| me.on_resolved(ctx, attempt, addrs, tls));
         });
     }
 
-    fn on_resolved(self: &Arc<Self>, ctx: &mut LoopCtx, attempt: u64, res: Result<Vec<SocketAddr>, ()>) {
+    fn on_resolved(
+        self: &Arc<Self>,
+        ctx: &mut LoopCtx,
+        attempt: u64,
+        res: Result<Vec<SocketAddr>, ()>,
+        tls: Option<Result<openssl::ssl::SslContext, pj_status_t>>,
+    ) {
         let mut g = lock(&self.inner);
         let Some(link) = g.link.as_mut() else { return };
         if link.attempt != attempt || link.phase != Phase::Resolving {
             return;
         }
-        let d = match res {
-            Ok(addrs) => {
+        let d = match (res, tls) {
+            (_, Some(Err(e))) => self.fail_connect(ctx, &mut g, e),
+            (Ok(addrs), tls) => {
                 link.addrs = addrs;
+                link.tls_ctx = tls.and_then(|t| t.ok());
                 self.try_next_addr(ctx, &mut g)
             }
-            Err(()) => self.fail_connect(ctx, &mut g, PJ_ERESOLVE),
+            (Err(()), _) => self.fail_connect(ctx, &mut g, PJ_ERESOLVE),
         };
         drop(g);
         self.deliver_all(d);
@@ -616,9 +776,14 @@ impl Client {
         initiator: Option<pj_websock_close_initiator>,
         status: pj_status_t,
     ) -> Option<Deliver<'static>> {
-        let link = g.link.take()?;
+        let mut link = g.link.take()?;
         let received = link.close_received.clone();
         let sent = link.conn.as_ref().is_some_and(|c| c.close_sent());
+        if let Some(t) = link.tls.as_mut() {
+            if status == PJ_SUCCESS || received.is_some() {
+                t.shutdown(); // close_notify
+            }
+        }
         self.release(ctx, link);
         g.state = pj_websock_readystate::PJ_WEBSOCK_STATE_CLOSED;
         if let Some(i) = initiator {
@@ -639,10 +804,53 @@ impl Client {
     }
 
     fn on_connected(self: &Arc<Self>, ctx: &mut LoopCtx, g: &mut Inner) -> Option<Deliver<'static>> {
+        let link = g.link.as_mut()?;
+        link.addr_deadline = None;
+        if let Some(plan) = link.tls_plan.take() {
+            let (Some(tctx), Some((sock, _))) = (link.tls_ctx.take(), link.sock.as_ref()) else {
+                return self.fail_connect(ctx, g, PJ_WEBSOCK_ETLS_CONFIG);
+            };
+            match TlsStream::new(&tctx, sock.fd(), plan.sess, plan.cfg.verify) {
+                Ok(t) => link.tls = Some(Box::new(t)),
+                Err(e) => return self.fail_connect(ctx, g, e),
+            }
+            link.phase = Phase::TlsHandshaking;
+            link.tls_deadline = plan.timeout.map(|d| Instant::now() + d);
+            return self.tls_step(ctx, g);
+        }
+        self.start_ws_handshake(ctx, g)
+    }
+
+    /// Advances the TLS handshake; when it completes, the WebSocket
+    /// handshake starts.
+    fn tls_step(self: &Arc<Self>, ctx: &mut LoopCtx, g: &mut Inner) -> Option<Deliver<'static>> {
+        let lp = ctx.event_loop();
+        let link = g.link.as_mut()?;
+        let tls = link.tls.as_mut()?;
+        match tls.handshake() {
+            HandshakeStep::Done => {
+                link.tls_deadline = None;
+                self.start_ws_handshake(ctx, g)
+            }
+            HandshakeStep::Pending { want_write } => {
+                if let Some((sock, token)) = link.sock.as_ref() {
+                    let _ = lp.modify(sock.fd(), *token, if want_write { EV_IN | EV_OUT } else { EV_IN });
+                }
+                link.out_armed = want_write;
+                self.rearm(lp, link);
+                None
+            }
+            HandshakeStep::Failed(st) => {
+                g.verify_result = tls.verify_result();
+                self.fail_connect(ctx, g, st)
+            }
+        }
+    }
+
+    fn start_ws_handshake(self: &Arc<Self>, ctx: &mut LoopCtx, g: &mut Inner) -> Option<Deliver<'static>> {
         let lp = ctx.event_loop();
         let link = g.link.as_mut()?;
         link.phase = Phase::Handshaking;
-        link.addr_deadline = None;
         link.out_armed = false;
         link.tx = std::mem::take(&mut link.request);
         link.tx_head = 0;
@@ -753,13 +961,24 @@ impl Client {
             self.deliver_all(d);
             return;
         }
+        if link.phase == Phase::TlsHandshaking {
+            let d = self.tls_step(ctx, &mut g);
+            drop(g);
+            self.deliver_all(d);
+            return;
+        }
         if let Some(e) = link.write_err {
             let d = self.transport_failed(ctx, &mut g, e);
             drop(g);
             self.deliver_all(d);
             return;
         }
+        // A TLS read that wanted the socket writable retries on EPOLLOUT.
+        let mut retry_read = false;
         if events & EV_OUT != 0 {
+            if let Some(t) = link.tls.as_mut() {
+                retry_read = std::mem::take(&mut t.want_write);
+            }
             if let Err(e) = link.flush(lp) {
                 let d = self.transport_failed(ctx, &mut g, e);
                 drop(g);
@@ -767,7 +986,7 @@ impl Client {
                 return;
             }
         }
-        if events & (EV_IN | libc::EPOLLERR as u32 | libc::EPOLLHUP as u32) == 0 {
+        if events & (EV_IN | libc::EPOLLERR as u32 | libc::EPOLLHUP as u32) == 0 && !retry_read {
             return;
         }
         drop(g);
@@ -790,24 +1009,27 @@ impl Client {
             if let (Some(v), Some(conn)) = (recycled.take(), link.conn.as_mut()) {
                 conn.recycle(v);
             }
-            let res = link.sock.as_ref().map(|s| s.0.read(&mut buf));
-            let n = match res {
-                Some(Ok(0)) => {
+            let n = match link.io_read(&mut buf) {
+                Io::Done(n) => n,
+                Io::WouldBlock => {
+                    // TLS may have queued a write (or want one): keep going.
+                    let d = self.flush_locked(ctx, &mut g);
+                    drop(g);
+                    self.deliver_all(d);
+                    break;
+                }
+                Io::Eof => {
                     let d = self.peer_eof(ctx, &mut g);
                     drop(g);
                     self.deliver_all(d);
                     break;
                 }
-                Some(Ok(n)) => n,
-                Some(Err(e)) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Some(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Some(Err(e)) => {
-                    let d = self.transport_failed(ctx, &mut g, io_status(&e));
+                Io::Failed(e) => {
+                    let d = self.transport_failed(ctx, &mut g, e);
                     drop(g);
                     self.deliver_all(d);
                     break;
                 }
-                None => break,
             };
             link.last_rx = Instant::now();
             let mut pos = 0;
@@ -840,7 +1062,9 @@ impl Client {
                 self.deliver_all(d);
                 break;
             }
-            if n < buf.len() {
+            // A short read drained the socket, but TLS may hold more
+            // decrypted bytes: only plain TCP can stop early.
+            if n < buf.len() && link_is_plain(&g) {
                 break;
             }
         }
@@ -862,7 +1086,7 @@ impl Client {
     fn peer_eof(&self, ctx: &mut LoopCtx, g: &mut Inner) -> Option<Deliver<'static>> {
         let link = g.link.as_ref()?;
         match link.phase {
-            Phase::Resolving | Phase::Connecting | Phase::Handshaking => {
+            Phase::Resolving | Phase::Connecting | Phase::TlsHandshaking | Phase::Handshaking => {
                 self.fail_connect(ctx, g, PJ_WEBSOCK_ECONNCLOSED)
             }
             Phase::Open => self.finish(ctx, g, Some(pj_websock_close_initiator::PJ_WEBSOCK_CLOSE_TRANSPORT), PJ_EEOF),
@@ -876,7 +1100,9 @@ impl Client {
     fn transport_failed(&self, ctx: &mut LoopCtx, g: &mut Inner, status: pj_status_t) -> Option<Deliver<'static>> {
         let link = g.link.as_ref()?;
         match link.phase {
-            Phase::Resolving | Phase::Connecting | Phase::Handshaking => self.fail_connect(ctx, g, status),
+            Phase::Resolving | Phase::Connecting | Phase::TlsHandshaking | Phase::Handshaking => {
+                self.fail_connect(ctx, g, status)
+            }
             Phase::Open => self.finish(ctx, g, Some(pj_websock_close_initiator::PJ_WEBSOCK_CLOSE_TRANSPORT), status),
             Phase::Closing => {
                 // After the close handshake a reset is as good as a FIN.
@@ -896,6 +1122,8 @@ impl Client {
         let due = |t: Option<Instant>| t.is_some_and(|t| t <= now);
         let d = if due(link.connect_deadline) && !matches!(link.phase, Phase::Open | Phase::Closing) {
             self.fail_connect(ctx, &mut g, PJ_WEBSOCK_ECONNECTTIMEOUT)
+        } else if due(link.tls_deadline) && link.phase == Phase::TlsHandshaking {
+            self.fail_connect(ctx, &mut g, PJ_WEBSOCK_ETLS_TIMEOUT)
         } else if due(link.addr_deadline) && link.phase == Phase::Connecting {
             link.addr_deadline = None;
             link.last_err = PJ_ETIMEDOUT;
@@ -1011,6 +1239,41 @@ impl Drop for Client {
     fn drop(&mut self) {
         LIVE.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+fn link_is_plain(g: &Inner) -> bool {
+    g.link.as_ref().is_some_and(|l| l.tls.is_none())
+}
+
+/// Works out the TLS settings of a wss:// connect: pjlib's
+/// `pj_ssl_sock_param` when given (verification as it says: upstream's
+/// semantics), else verification on; the extension settings on top.
+fn tls_plan(ext: &TlsExt, req: &ConnectRequest) -> Result<TlsPlan, pj_status_t> {
+    let sp = req.ssl_param.clone();
+    let verify = ext.force_verify || sp.as_ref().is_none_or(|p| p.verify_peer);
+    let name = sp.as_ref().and_then(|p| p.server_name.clone()).unwrap_or_else(|| req.url.host.clone());
+    let cfg = TlsConfig {
+        verify,
+        proto: sp.as_ref().map_or(0, |p| p.proto),
+        ciphers: sp.as_ref().map_or(Vec::new(), |p| p.ciphers.clone()),
+        ca_file: ext.ca_file.clone(),
+        ca_dir: ext.ca_dir.clone(),
+        cert_file: ext.cert_file.clone(),
+        key_file: ext.key_file.clone(),
+        key_password: ext.key_password.clone(),
+    };
+    tls::validate(&cfg)?;
+    if !verify {
+        crate::log::log(
+            crate::log::WARNING,
+            &format!(
+                "TLS certificate verification is OFF for wss://{} (ssl_param->verify_peer is 0); \
+                 use pj_websock_set_tls_verify() to force it on",
+                req.url.host
+            ),
+        );
+    }
+    Ok(TlsPlan { cfg, sess: TlsSession { name, pins: ext.pins.clone() }, timeout: sp.and_then(|p| p.timeout) })
 }
 
 /// Validates a close code and reason for `pj_websock_close`.

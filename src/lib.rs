@@ -15,3 +15,5 @@ mod pjlib;
 /// cbindgen:ignore
 pub mod proto;
 pub mod status;
+/// cbindgen:ignore
+mod log;

@@ -23,3 +23,20 @@ typedef pj_status_t (*pjws_register_strerror_fn)(pj_status_t, pj_status_t, pj_er
 pjws_thread_register_fn pjws_weak_thread_register(void) { return pj_thread_register; }
 pjws_thread_is_registered_fn pjws_weak_thread_is_registered(void) { return pj_thread_is_registered; }
 pjws_register_strerror_fn pjws_weak_register_strerror(void) { return pj_register_strerror; }
+
+/* pjlib's logging: pj_log_N exist for N <= PJ_LOG_MAX_LEVEL (5 by default). */
+extern void pj_log_1(const char *sender, const char *format, ...) __attribute__((weak));
+extern void pj_log_2(const char *sender, const char *format, ...) __attribute__((weak));
+extern void pj_log_3(const char *sender, const char *format, ...) __attribute__((weak));
+extern void pj_log_4(const char *sender, const char *format, ...) __attribute__((weak));
+
+/* Logs msg through pjlib at level (1-4); returns 0 when pjlib is absent. */
+int pjws_pj_log(int level, const char *msg)
+{
+    void (*f)(const char *, const char *, ...) =
+        level <= 1 ? pj_log_1 : level == 2 ? pj_log_2 : level == 3 ? pj_log_3 : pj_log_4;
+    if (!f)
+        return 0;
+    f("websock.rs", "%s", msg);
+    return 1;
+}

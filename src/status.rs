@@ -82,6 +82,21 @@ pub const PJ_WEBSOCK_ECLOSETIMEOUT: pj_status_t = 570014;
 pub const PJ_WEBSOCK_ECONNECTTIMEOUT: pj_status_t = 570015;
 /// The library's own event loop could not be started.
 pub const PJ_WEBSOCK_ELOOP: pj_status_t = 570016;
+/// The TLS handshake or a TLS record failed (alert, protocol error).
+pub const PJ_WEBSOCK_ETLS: pj_status_t = 570020;
+/// The server's certificate chain did not verify (see
+/// `pj_websock_get_tls_verify_result()` for OpenSSL's reason).
+pub const PJ_WEBSOCK_ETLS_VERIFY: pj_status_t = 570021;
+/// The server's certificate is not valid for the host name or address.
+pub const PJ_WEBSOCK_ETLS_NAME: pj_status_t = 570022;
+/// The server's public key matches none of the pins.
+pub const PJ_WEBSOCK_ETLS_PIN: pj_status_t = 570023;
+/// The TLS handshake did not complete within `ssl_param->timeout`.
+pub const PJ_WEBSOCK_ETLS_TIMEOUT: pj_status_t = 570024;
+/// `ssl_param->proto` allows only versions older than TLS 1.2.
+pub const PJ_WEBSOCK_ETLS_PROTO: pj_status_t = 570025;
+/// The TLS settings are unusable (CA, certificate or key file, ciphers).
+pub const PJ_WEBSOCK_ETLS_CONFIG: pj_status_t = 570026;
 
 /// Converts an OS errno into a pjlib status.
 pub fn from_os(errno: i32) -> pj_status_t {
@@ -134,6 +149,13 @@ pub fn describe(status: pj_status_t) -> Option<String> {
         PJ_WEBSOCK_ECLOSETIMEOUT => "Close handshake timed out (PJ_WEBSOCK_ECLOSETIMEOUT)",
         PJ_WEBSOCK_ECONNECTTIMEOUT => "Connect or opening handshake timed out (PJ_WEBSOCK_ECONNECTTIMEOUT)",
         PJ_WEBSOCK_ELOOP => "Unable to start the WebSocket event loop (PJ_WEBSOCK_ELOOP)",
+        PJ_WEBSOCK_ETLS => "TLS handshake or record failure (PJ_WEBSOCK_ETLS)",
+        PJ_WEBSOCK_ETLS_VERIFY => "TLS certificate verification failed (PJ_WEBSOCK_ETLS_VERIFY)",
+        PJ_WEBSOCK_ETLS_NAME => "TLS certificate does not match the host (PJ_WEBSOCK_ETLS_NAME)",
+        PJ_WEBSOCK_ETLS_PIN => "TLS public key matches no pin (PJ_WEBSOCK_ETLS_PIN)",
+        PJ_WEBSOCK_ETLS_TIMEOUT => "TLS handshake timed out (PJ_WEBSOCK_ETLS_TIMEOUT)",
+        PJ_WEBSOCK_ETLS_PROTO => "Only TLS versions older than 1.2 allowed (PJ_WEBSOCK_ETLS_PROTO)",
+        PJ_WEBSOCK_ETLS_CONFIG => "Unusable TLS settings: CA, certificate, key or ciphers (PJ_WEBSOCK_ETLS_CONFIG)",
         s if s > PJ_ERRNO_START_SYS && s < PJ_ERRNO_START_SYS + 50000 => {
             let e = s - PJ_ERRNO_START_SYS;
             return Some(format!("{} (errno {})", std::io::Error::from_raw_os_error(e), e));

@@ -160,7 +160,9 @@ pub unsafe extern "C" fn pj_websock_connect(
         let (Some(c), false) = (handle(ws), url.is_null()) else { return PJ_EINVAL };
         let Some(url) = str_bytes(&*url) else { return PJ_EINVAL };
         let Ok(url) = WsUrl::parse(url) else { return PJ_EINVAL };
-        let mut req = ConnectRequest { url, subprotocols: None, extra: Vec::new() };
+        let sp = c.ssl_param();
+        let ssl_param = if url.secure && !sp.is_null() { Some(read_ssl_param(sp)) } else { None };
+        let mut req = ConnectRequest { url, subprotocols: None, extra: Vec::new(), ssl_param };
         if let Some(cp) = cparam.as_ref() {
             let Some(sp) = str_bytes(&cp.subprotocol) else { return PJ_EINVAL };
             if !sp.is_empty() {
@@ -467,6 +469,113 @@ pub unsafe extern "C" fn pj_websock_strerror(status: pj_status_t, buf: *mut c_ch
         copy_out(msg.as_bytes(), buf, bufsize);
         pj_str_t { ptr: buf, slen: msg.len().min(bufsize - 1) as pj_ssize_t }
     })
+}
+
+/// Reads an optional C string argument; Err for invalid UTF-8.
+unsafe fn opt_cstr(p: *const c_char) -> Result<Option<String>, ()> {
+    if p.is_null() {
+        return Ok(None);
+    }
+    match std::ffi::CStr::from_ptr(p).to_str() {
+        Ok("") => Ok(None),
+        Ok(s) => Ok(Some(s.to_string())),
+        Err(_) => Err(()),
+    }
+}
+
+/// Sets the trusted CA certificates for wss:// (PEM file and/or a hashed
+/// directory as made by `openssl rehash`), replacing the system store for
+/// this instance. NULL for both restores the system store. Files are read
+/// at the next connect, off the caller's thread; a file that cannot be
+/// loaded fails that connect with `PJ_WEBSOCK_ETLS_CONFIG`.
+/// Returns `PJ_EINVAL` for NULL ws.
+#[no_mangle]
+pub unsafe extern "C" fn pj_websock_set_tls_ca(ws: *mut pj_websock, ca_file: *const c_char, ca_dir: *const c_char) -> pj_status_t {
+    guard!(PJ_EBUG, {
+        let Some(c) = handle(ws) else { return PJ_EINVAL };
+        let (Ok(f), Ok(d)) = (opt_cstr(ca_file), opt_cstr(ca_dir)) else { return PJ_EINVAL };
+        c.set_tls_ca(f, d);
+        PJ_SUCCESS
+    })
+}
+
+/// Sets the client certificate (PEM chain file) and private key (PEM file;
+/// NULL = in the certificate file; `key_password` NULL for none) presented
+/// for mutual TLS. NULL `cert_file` removes it. Returns `PJ_EINVAL` for
+/// NULL ws.
+#[no_mangle]
+pub unsafe extern "C" fn pj_websock_set_tls_cert(
+    ws: *mut pj_websock,
+    cert_file: *const c_char,
+    key_file: *const c_char,
+    key_password: *const c_char,
+) -> pj_status_t {
+    guard!(PJ_EBUG, {
+        let Some(c) = handle(ws) else { return PJ_EINVAL };
+        let (Ok(cert), Ok(key), Ok(pw)) = (opt_cstr(cert_file), opt_cstr(key_file), opt_cstr(key_password)) else {
+            return PJ_EINVAL;
+        };
+        if cert.is_none() && key.is_some() {
+            return PJ_EINVAL;
+        }
+        c.set_tls_cert(cert, key, pw);
+        PJ_SUCCESS
+    })
+}
+
+/// Adds a public-key pin: the SHA-256 of the server certificate's
+/// SubjectPublicKeyInfo (DER), 32 bytes, as `openssl x509 -pubkey | openssl
+/// pkey -pubin -outform der | openssl dgst -sha256` prints it. With pins
+/// set, a wss:// server whose key matches none fails with
+/// `PJ_WEBSOCK_ETLS_PIN` (in addition to normal verification). NULL
+/// `sha256` removes all pins. Returns `PJ_EINVAL` for NULL ws.
+#[no_mangle]
+pub unsafe extern "C" fn pj_websock_add_tls_pin(ws: *mut pj_websock, sha256: *const u8) -> pj_status_t {
+    guard!(PJ_EBUG, {
+        let Some(c) = handle(ws) else { return PJ_EINVAL };
+        let pin = if sha256.is_null() {
+            None
+        } else {
+            let mut p = [0u8; 32];
+            std::ptr::copy_nonoverlapping(sha256, p.as_mut_ptr(), 32);
+            Some(p)
+        };
+        c.add_tls_pin(pin);
+        PJ_SUCCESS
+    })
+}
+
+/// Forces certificate verification on (`force` non-zero) even when
+/// `param->ssl_param->verify_peer` is 0 — which is what
+/// `pj_ssl_sock_param_default()` leaves it at. Returns `PJ_EINVAL` for NULL.
+#[no_mangle]
+pub unsafe extern "C" fn pj_websock_set_tls_verify(ws: *mut pj_websock, force: pj_bool_t) -> pj_status_t {
+    guard!(PJ_EBUG, {
+        let Some(c) = handle(ws) else { return PJ_EINVAL };
+        c.set_tls_force_verify(force != 0);
+        PJ_SUCCESS
+    })
+}
+
+/// OpenSSL's certificate verification result (`X509_V_*`, 0 = OK) of the
+/// last failed wss:// handshake; 0 otherwise or for NULL.
+#[no_mangle]
+pub unsafe extern "C" fn pj_websock_get_tls_verify_result(ws: *const pj_websock) -> c_int {
+    guard!(0, {
+        match handle(ws) {
+            Some(c) => c.tls_verify_result(),
+            None => 0,
+        }
+    })
+}
+
+/// Sends the library's log messages (level 1 error, 2 warning, 3 info, 4
+/// debug; NUL-terminated text) to `func`, process-wide; NULL restores the
+/// default: pjlib's log when pjlib is in the process, else warnings and
+/// errors on standard error.
+#[no_mangle]
+pub unsafe extern "C" fn pj_websock_set_log_func(func: Option<unsafe extern "C" fn(level: c_int, msg: *const c_char)>) {
+    crate::log::set_func(func);
 }
 
 /// Number of instances created and not yet completely freed (teardown

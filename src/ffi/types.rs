@@ -246,3 +246,50 @@ mod tests {
         assert_eq!(size_of::<pj_websock_readystate>(), 4);
     }
 }
+
+/// The `pj_ssl_sock_param` fields libpjwebsock honours, read by offset
+/// (pjproject 2.16-era layout, x86-64; see ABI.md).
+#[derive(Clone, Debug, Default)]
+pub struct SslParamView {
+    pub proto: u32,
+    pub ciphers: Vec<u16>,
+    pub timeout: Option<std::time::Duration>,
+    pub verify_peer: bool,
+    pub server_name: Option<String>,
+}
+
+const SSL_PROTO_OFF: usize = 96;
+const SSL_CIPHERS_NUM_OFF: usize = 128;
+const SSL_CIPHERS_OFF: usize = 136;
+const SSL_TIMEOUT_OFF: usize = 200;
+const SSL_VERIFY_PEER_OFF: usize = 216;
+const SSL_SERVER_NAME_OFF: usize = 224;
+
+/// Reads the honoured fields of a `pj_ssl_sock_param`.
+///
+/// # Safety
+/// `p` must point to a live `pj_ssl_sock_param` of the documented layout.
+pub unsafe fn read_ssl_param(p: *const pj_ssl_sock_param) -> SslParamView {
+    let base = p as *const u8;
+    let rd_u32 = |off: usize| std::ptr::read_unaligned(base.add(off) as *const u32);
+    let proto = rd_u32(SSL_PROTO_OFF);
+    let n = rd_u32(SSL_CIPHERS_NUM_OFF) as usize;
+    let cptr = std::ptr::read_unaligned(base.add(SSL_CIPHERS_OFF) as *const *const c_int);
+    let ciphers = if n > 0 && !cptr.is_null() && n <= 1024 {
+        std::slice::from_raw_parts(cptr, n).iter().map(|&c| c as u16).collect()
+    } else {
+        Vec::new()
+    };
+    let tv = std::ptr::read_unaligned(base.add(SSL_TIMEOUT_OFF) as *const pj_time_val);
+    let ms = tv.sec.max(0) as u64 * 1000 + tv.msec.max(0) as u64;
+    let timeout = (ms > 0).then(|| std::time::Duration::from_millis(ms));
+    let verify_peer = std::ptr::read_unaligned(base.add(SSL_VERIFY_PEER_OFF) as *const pj_bool_t) != 0;
+    let sn = std::ptr::read_unaligned(base.add(SSL_SERVER_NAME_OFF) as *const pj_str_t);
+    let server_name = if sn.slen > 0 && !sn.ptr.is_null() && sn.slen < 256 {
+        let b = std::slice::from_raw_parts(sn.ptr as *const u8, sn.slen as usize);
+        std::str::from_utf8(b).ok().map(str::to_string)
+    } else {
+        None
+    };
+    SslParamView { proto, ciphers, timeout, verify_peer, server_name }
+}

@@ -13,14 +13,13 @@
 //!   deregistered; deregistered handlers are dropped only after the batch
 //!   of events that might still name them.
 
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 use std::cmp::Reverse;
 use std::io;
 use std::os::fd::RawFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
 /// Size of the receive buffer shared by every connection of the loop.
@@ -55,7 +54,18 @@ impl Token {
 }
 
 /// Identifies one scheduled timer so it can be cancelled.
-pub type TimerId = u64;
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TimerId {
+    idx: u32,
+    gen: u32,
+}
+
+/// Pending timers: a slab whose slots carry a generation, so a cancelled
+/// timer's heap entry is recognised as stale when it comes up.
+struct TimerSlot {
+    gen: u32,
+    handler: Option<Arc<dyn Handler>>,
+}
 
 struct Slot {
     gen: u32,
@@ -67,7 +77,24 @@ type Command = Box<dyn FnOnce(&mut LoopCtx) + Send>;
 struct Shared {
     commands: Vec<Command>,
     heap: BinaryHeap<Reverse<(Instant, TimerId)>>,
-    timers: HashMap<TimerId, Arc<dyn Handler>>,
+    timers: Vec<TimerSlot>,
+    free_timers: Vec<u32>,
+}
+
+impl Shared {
+    fn is_live(&self, id: TimerId) -> bool {
+        self.timers.get(id.idx as usize).is_some_and(|t| t.gen == id.gen && t.handler.is_some())
+    }
+
+    fn take(&mut self, id: TimerId) -> Option<Arc<dyn Handler>> {
+        let slot = self.timers.get_mut(id.idx as usize)?;
+        if slot.gen != id.gen {
+            return None;
+        }
+        let h = slot.handler.take()?;
+        self.free_timers.push(id.idx);
+        Some(h)
+    }
 }
 
 /// State owned by the loop thread.
@@ -86,8 +113,10 @@ pub struct EventLoop {
     wakefd: RawFd,
     shared: Mutex<Shared>,
     notified: AtomicBool,
-    next_timer: AtomicU64,
-    thread: OnceLock<ThreadId>,
+    /// pthread_self() of the loop thread (0 until it runs). Compared
+    /// without std::thread::current(), which would allocate a handle on
+    /// every application thread that calls in.
+    thread: AtomicUsize,
 }
 
 static LOOP: OnceLock<Result<&'static EventLoop, i32>> = OnceLock::new();
@@ -129,10 +158,14 @@ impl EventLoop {
         let lp: &'static EventLoop = Box::leak(Box::new(EventLoop {
             epfd,
             wakefd,
-            shared: Mutex::new(Shared { commands: Vec::new(), heap: BinaryHeap::new(), timers: HashMap::new() }),
+            shared: Mutex::new(Shared {
+                commands: Vec::new(),
+                heap: BinaryHeap::new(),
+                timers: Vec::new(),
+                free_timers: Vec::new(),
+            }),
             notified: AtomicBool::new(false),
-            next_timer: AtomicU64::new(1),
-            thread: OnceLock::new(),
+            thread: AtomicUsize::new(0),
         }));
         std::thread::Builder::new()
             .name("pjwebsock-loop".into())
@@ -143,7 +176,8 @@ impl EventLoop {
 
     /// Is the caller running on the loop thread?
     pub fn on_loop_thread(&self) -> bool {
-        self.thread.get() == Some(&std::thread::current().id())
+        // SAFETY: pthread_self has no preconditions.
+        self.thread.load(Ordering::Relaxed) == unsafe { libc::pthread_self() } as usize
     }
 
     fn wake(&self) {
@@ -162,11 +196,20 @@ impl EventLoop {
 
     /// Schedules `handler.on_timer` at `at`; returns an id for `cancel_timer`.
     pub fn schedule(&self, handler: Arc<dyn Handler>, at: Instant) -> TimerId {
-        let id = self.next_timer.fetch_add(1, Ordering::Relaxed);
         let mut sh = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        let idx = match sh.free_timers.pop() {
+            Some(i) => i,
+            None => {
+                sh.timers.push(TimerSlot { gen: 0, handler: None });
+                (sh.timers.len() - 1) as u32
+            }
+        };
+        let slot = &mut sh.timers[idx as usize];
+        slot.gen = slot.gen.wrapping_add(1);
+        slot.handler = Some(handler);
+        let id = TimerId { idx, gen: slot.gen };
         let earliest = sh.heap.peek().map(|Reverse((t, _))| *t);
         sh.heap.push(Reverse((at, id)));
-        sh.timers.insert(id, handler);
         drop(sh);
         // A new earliest deadline must shorten the loop's current wait.
         if !self.on_loop_thread() && earliest.is_none_or(|e| at < e) {
@@ -177,7 +220,7 @@ impl EventLoop {
 
     /// Cancels a timer (a no-op if it already fired).
     pub fn cancel_timer(&self, id: TimerId) {
-        let removed = self.shared.lock().unwrap_or_else(|e| e.into_inner()).timers.remove(&id);
+        let removed = self.shared.lock().unwrap_or_else(|e| e.into_inner()).take(id);
         drop(removed); // dropping the handler outside the lock
     }
 
@@ -192,7 +235,8 @@ impl EventLoop {
     }
 
     fn run(&'static self) {
-        let _ = self.thread.set(std::thread::current().id());
+        // SAFETY: pthread_self has no preconditions.
+        self.thread.store(unsafe { libc::pthread_self() } as usize, Ordering::Relaxed);
         crate::pjlib::register_thread();
         let mut ctx = LoopCtx { lp: self, slots: Vec::new(), free: Vec::new(), graveyard: Vec::new(), rx_buf: vec![0; RX_BUF_SIZE] };
         let mut events: Vec<libc::epoll_event> = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
@@ -261,7 +305,7 @@ impl EventLoop {
                 let mut sh = self.shared.lock().unwrap_or_else(|e| e.into_inner());
                 let mut due = None;
                 while let Some(Reverse((t, id))) = sh.heap.peek().copied() {
-                    if !sh.timers.contains_key(&id) {
+                    if !sh.is_live(id) {
                         sh.heap.pop(); // cancelled
                         continue;
                     }
@@ -269,7 +313,7 @@ impl EventLoop {
                         break;
                     }
                     sh.heap.pop();
-                    due = sh.timers.remove(&id);
+                    due = sh.take(id);
                     break;
                 }
                 due
@@ -289,7 +333,7 @@ impl EventLoop {
     fn next_timeout(&self) -> i32 {
         let mut sh = self.shared.lock().unwrap_or_else(|e| e.into_inner());
         while let Some(Reverse((t, id))) = sh.heap.peek().copied() {
-            if !sh.timers.contains_key(&id) {
+            if !sh.is_live(id) {
                 sh.heap.pop();
                 continue;
             }

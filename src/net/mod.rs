@@ -1,5 +1,6 @@
 //! Transport: URLs, name resolution, sockets and the event loop.
 pub mod evloop;
-pub mod resolve;
+pub mod tls;
+pub mod worker;
 pub mod sock;
 pub mod url;

@@ -24,7 +24,10 @@ fn parse_port(s: &[u8]) -> Result<u16, ()> {
     if s.is_empty() || !s.iter().all(u8::is_ascii_digit) {
         return Err(());
     }
-    let port: u16 = std::str::from_utf8(s).map_err(|_| ())?.parse().map_err(|_| ())?;
+    let port: u16 = std::str::from_utf8(s)
+        .map_err(|_| ())?
+        .parse()
+        .map_err(|_| ())?;
     if port == 0 {
         return Err(());
     }
@@ -56,7 +59,10 @@ impl WsUrl {
             return Err(());
         };
 
-        let auth_end = rest.iter().position(|&b| b == b'/' || b == b'?').unwrap_or(rest.len());
+        let auth_end = rest
+            .iter()
+            .position(|&b| b == b'/' || b == b'?')
+            .unwrap_or(rest.len());
         let (authority, tail) = rest.split_at(auth_end);
         if authority.contains(&b'@') {
             return Err(());
@@ -64,7 +70,10 @@ impl WsUrl {
 
         let (host, is_ipv6_literal, port) = if let Some(inner) = authority.strip_prefix(b"[") {
             let close = inner.iter().position(|&b| b == b']').ok_or(())?;
-            let (addr, after) = (inner.get(..close).ok_or(())?, inner.get(close + 1..).ok_or(())?);
+            let (addr, after) = (
+                inner.get(..close).ok_or(())?,
+                inner.get(close + 1..).ok_or(())?,
+            );
             let addr = std::str::from_utf8(addr).map_err(|_| ())?;
             addr.parse::<Ipv6Addr>().map_err(|_| ())?;
             let port = match after {
@@ -77,7 +86,10 @@ impl WsUrl {
             // Unbracketed: the first ':' starts the port, so a bare IPv6
             // address fails the digits-only port check.
             let (host, port) = match authority.iter().position(|&b| b == b':') {
-                Some(i) => (authority.get(..i).ok_or(())?, Some(parse_port(authority.get(i + 1..).ok_or(())?)?)),
+                Some(i) => (
+                    authority.get(..i).ok_or(())?,
+                    Some(parse_port(authority.get(i + 1..).ok_or(())?)?),
+                ),
                 None => (authority, None),
             };
             if host.is_empty() || !host.iter().all(|&b| is_reg_name_char(b)) {
@@ -105,7 +117,11 @@ impl WsUrl {
     /// the port is not the scheme's default.
     pub fn host_header(&self) -> String {
         let default = if self.secure { 443 } else { 80 };
-        let mut h = if self.is_ipv6_literal { format!("[{}]", self.host) } else { self.host.clone() };
+        let mut h = if self.is_ipv6_literal {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
         if self.port != default {
             h.push(':');
             h.push_str(&self.port.to_string());
@@ -125,24 +141,48 @@ mod tests {
     }
 
     fn ws(secure: bool, host: &str, v6: bool, port: u16, resource: &str) -> WsUrl {
-        WsUrl { secure, host: host.into(), is_ipv6_literal: v6, port, resource: resource.into() }
+        WsUrl {
+            secure,
+            host: host.into(),
+            is_ipv6_literal: v6,
+            port,
+            resource: resource.into(),
+        }
     }
 
     #[test]
     fn valid_urls() {
         assert_eq!(url("ws://host"), ws(false, "host", false, 80, "/"));
         assert_eq!(url("ws://host/"), ws(false, "host", false, 80, "/"));
-        assert_eq!(url("WSS://Host:443/p?q=1"), ws(true, "Host", false, 443, "/p?q=1"));
+        assert_eq!(
+            url("WSS://Host:443/p?q=1"),
+            ws(true, "Host", false, 443, "/p?q=1")
+        );
         assert_eq!(url("wss://host"), ws(true, "host", false, 443, "/"));
         assert_eq!(url("wS://[::1]:9000/x"), ws(false, "::1", true, 9000, "/x"));
-        assert_eq!(url("ws://[2001:db8::1]"), ws(false, "2001:db8::1", true, 80, "/"));
-        assert_eq!(url("ws://127.0.0.1"), ws(false, "127.0.0.1", false, 80, "/"));
+        assert_eq!(
+            url("ws://[2001:db8::1]"),
+            ws(false, "2001:db8::1", true, 80, "/")
+        );
+        assert_eq!(
+            url("ws://127.0.0.1"),
+            ws(false, "127.0.0.1", false, 80, "/")
+        );
         assert_eq!(url("ws://h?x=1"), ws(false, "h", false, 80, "/?x=1"));
-        assert_eq!(url("ws://h:8080?x=1&y=%20"), ws(false, "h", false, 8080, "/?x=1&y=%20"));
-        assert_eq!(url("ws://h/a/b/../c?x=/y?z"), ws(false, "h", false, 80, "/a/b/../c?x=/y?z"));
+        assert_eq!(
+            url("ws://h:8080?x=1&y=%20"),
+            ws(false, "h", false, 8080, "/?x=1&y=%20")
+        );
+        assert_eq!(
+            url("ws://h/a/b/../c?x=/y?z"),
+            ws(false, "h", false, 80, "/a/b/../c?x=/y?z")
+        );
         assert_eq!(url("ws://h:65535"), ws(false, "h", false, 65535, "/"));
         assert_eq!(url("ws://h:00080/"), ws(false, "h", false, 80, "/"));
-        assert_eq!(url("ws://my-host.example.com."), ws(false, "my-host.example.com.", false, 80, "/"));
+        assert_eq!(
+            url("ws://my-host.example.com."),
+            ws(false, "my-host.example.com.", false, 80, "/")
+        );
     }
 
     #[test]
@@ -238,7 +278,12 @@ mod tests {
             if let Ok(u) = WsUrl::parse(&buf[..len]) {
                 assert!(!u.host.is_empty() && u.port != 0 && u.resource.starts_with('/'));
                 // A parsed URL round-trips through its own pieces.
-                let again = format!("{}://{}{}", if u.secure { "wss" } else { "ws" }, u.host_header(), u.resource);
+                let again = format!(
+                    "{}://{}{}",
+                    if u.secure { "wss" } else { "ws" },
+                    u.host_header(),
+                    u.resource
+                );
                 assert_eq!(WsUrl::parse(again.as_bytes()), Ok(u));
             }
         }

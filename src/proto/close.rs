@@ -38,7 +38,9 @@ pub fn parse_close_payload(p: &[u8]) -> Result<(u16, &str), u16> {
             if !is_valid_received_code(code) {
                 return Err(PROTOCOL_ERROR);
             }
-            std::str::from_utf8(reason).map(|r| (code, r)).map_err(|_| INVALID_DATA)
+            std::str::from_utf8(reason)
+                .map(|r| (code, r))
+                .map_err(|_| INVALID_DATA)
         }
         [_] => Err(PROTOCOL_ERROR),
     }
@@ -79,7 +81,11 @@ mod tests {
             assert_eq!(is_valid_received_code(code), ok, "{code}");
             assert_eq!(is_valid_send_code(code), ok, "{code}");
             let body = code.to_be_bytes();
-            let expect = if ok { Ok((code, "")) } else { Err(PROTOCOL_ERROR) };
+            let expect = if ok {
+                Ok((code, ""))
+            } else {
+                Err(PROTOCOL_ERROR)
+            };
             assert_eq!(parse_close_payload(&body), expect, "{code}");
         }
     }
@@ -92,14 +98,22 @@ mod tests {
         let mut p = 3000u16.to_be_bytes().to_vec();
         p.extend_from_slice("κόσμε".as_bytes());
         assert_eq!(parse_close_payload(&p), Ok((3000, "κόσμε")));
-        assert_eq!(parse_close_payload(b"\x03\xE8\xCE\xBA\xE1\xBD\xB9\xCF\x83\xCE\xBC\xCE\xB5\xED\xA0\x80"), Err(1007));
+        assert_eq!(
+            parse_close_payload(
+                b"\x03\xE8\xCE\xBA\xE1\xBD\xB9\xCF\x83\xCE\xBC\xCE\xB5\xED\xA0\x80"
+            ),
+            Err(1007)
+        );
         assert_eq!(parse_close_payload(b"\x03\xE8\xE2\x82"), Err(1007)); // truncated
-        // An invalid code wins over an invalid reason.
+                                                                         // An invalid code wins over an invalid reason.
         assert_eq!(parse_close_payload(b"\x03\xED\xFF"), Err(1002));
         let long = [b'a'; MAX_REASON_LEN];
         let mut p = vec![0x03, 0xE8];
         p.extend_from_slice(&long);
-        assert_eq!(parse_close_payload(&p).map(|(c, r)| (c, r.len())), Ok((1000, MAX_REASON_LEN)));
+        assert_eq!(
+            parse_close_payload(&p).map(|(c, r)| (c, r.len())),
+            Ok((1000, MAX_REASON_LEN))
+        );
     }
 
     #[test]

@@ -74,7 +74,10 @@ impl Event<'_> {
     /// Detaches the event from the input buffer (copies a borrowed payload).
     pub fn into_owned(self) -> Event<'static> {
         match self {
-            Event::Message { opcode, data } => Event::Message { opcode, data: Payload::Owned(data.into_vec()) },
+            Event::Message { opcode, data } => Event::Message {
+                opcode,
+                data: Payload::Owned(data.into_vec()),
+            },
             Event::Ping => Event::Ping,
             Event::Pong { payload } => Event::Pong { payload },
             Event::Close { code, reason } => Event::Close { code, reason },
@@ -177,7 +180,11 @@ impl Conn {
                     }
                     Ok(None) => {
                         // Reject what the partial header already shows.
-                        let partial = provisional_header(self.hdr.get(..usize::from(self.hdr_len)).unwrap_or_default());
+                        let partial = provisional_header(
+                            self.hdr
+                                .get(..usize::from(self.hdr_len))
+                                .unwrap_or_default(),
+                        );
                         if let Some(Err(v)) = partial.map(|h| self.check_header(&h)) {
                             return self.fail(v, input, out, mask);
                         }
@@ -199,10 +206,18 @@ impl Conn {
                         if op == OpCode::Text {
                             self.utf8.reset();
                             if self.utf8.feed(data).is_err() || !self.utf8.is_complete() {
-                                return self.fail((close::INVALID_DATA, "invalid UTF-8"), input, out, mask);
+                                return self.fail(
+                                    (close::INVALID_DATA, "invalid UTF-8"),
+                                    input,
+                                    out,
+                                    mask,
+                                );
                             }
                         }
-                        let event = Event::Message { opcode: op, data: Payload::Borrowed(data) };
+                        let event = Event::Message {
+                            opcode: op,
+                            data: Payload::Borrowed(data),
+                        };
                         return (pos + data.len(), Some(event));
                     }
                 }
@@ -306,7 +321,9 @@ impl Conn {
         }
         match (op, self.msg_op) {
             (OpCode::Cont, None) => return Err((PE, "unexpected continuation frame")),
-            (OpCode::Text | OpCode::Bin, Some(_)) => return Err((PE, "expected continuation frame")),
+            (OpCode::Text | OpCode::Bin, Some(_)) => {
+                return Err((PE, "expected continuation frame"))
+            }
             _ => {}
         }
         if (self.msg.len() as u64).saturating_add(hdr.payload_len) > self.max_message as u64 {
@@ -357,7 +374,9 @@ impl Conn {
                 if let Some(dst) = payload.get_mut(..len) {
                     dst.copy_from_slice(body);
                 }
-                Event::Pong { payload: (payload, self.ctrl_len) }
+                Event::Pong {
+                    payload: (payload, self.ctrl_len),
+                }
             }
             _ => match close::parse_close_payload(body) {
                 Ok((code, reason)) => {
@@ -411,7 +430,13 @@ impl Conn {
 
     /// Appends our close frame (`None` = empty body; the reason is cut to
     /// `MAX_REASON_LEN` bytes) and records that close was sent.
-    pub fn send_close(&mut self, code: Option<u16>, reason: &[u8], mask: [u8; 4], out: &mut Vec<u8>) {
+    pub fn send_close(
+        &mut self,
+        code: Option<u16>,
+        reason: &[u8],
+        mask: [u8; 4],
+        out: &mut Vec<u8>,
+    ) {
         let mut body = [0u8; MAX_CONTROL];
         let mut len = 0;
         if let Some(code) = code {
@@ -422,7 +447,13 @@ impl Conn {
             }
             len = 2 + reason.len();
         }
-        frame::encode_frame(out, true, OpCode::Close, body.get(..len).unwrap_or_default(), mask);
+        frame::encode_frame(
+            out,
+            true,
+            OpCode::Close,
+            body.get(..len).unwrap_or_default(),
+            mask,
+        );
         self.close_sent = true;
     }
 
@@ -442,7 +473,10 @@ impl Conn {
     /// reuses it; kept only if its capacity is ≤ 64 KiB and larger than what
     /// we hold, and no message data is buffered.
     pub fn recycle(&mut self, mut buf: Vec<u8>) {
-        if buf.capacity() <= RECYCLE_MAX && buf.capacity() > self.msg.capacity() && self.msg.is_empty() {
+        if buf.capacity() <= RECYCLE_MAX
+            && buf.capacity() > self.msg.capacity()
+            && self.msg.is_empty()
+        {
             buf.clear();
             self.msg = buf;
         }
@@ -519,7 +553,10 @@ mod tests {
     }
 
     /// Feeds `chunks` one after another, collecting owned events and output.
-    fn drive<'c>(conn: &mut Conn, chunks: impl IntoIterator<Item = &'c [u8]>) -> (Vec<Event<'static>>, Vec<u8>) {
+    fn drive<'c>(
+        conn: &mut Conn,
+        chunks: impl IntoIterator<Item = &'c [u8]>,
+    ) -> (Vec<Event<'static>>, Vec<u8>) {
         let mut events = vec![];
         let mut out = vec![];
         let mut mask = masker();
@@ -549,7 +586,10 @@ mod tests {
     }
 
     fn msg(op: OpCode, data: &[u8]) -> Event<'static> {
-        Event::Message { opcode: op, data: Payload::Owned(data.to_vec()) }
+        Event::Message {
+            opcode: op,
+            data: Payload::Owned(data.to_vec()),
+        }
     }
 
     fn perr(code: u16) -> impl Fn(&Event) -> bool {
@@ -580,24 +620,43 @@ mod tests {
         let mut out = vec![];
         let (n, ev) = c.feed(&f, &mut out, &mut masker());
         assert_eq!(n, f.len());
-        assert!(matches!(ev, Some(Event::Message { opcode: OpCode::Bin, data: Payload::Borrowed(d) }) if d == [7; 640]));
+        assert!(
+            matches!(ev, Some(Event::Message { opcode: OpCode::Bin, data: Payload::Borrowed(d) }) if d == [7; 640])
+        );
         // Header split from payload: payload still wholly in the second input.
         let (_, ev) = c.feed(&f[..3], &mut out, &mut masker());
         assert!(ev.is_none());
         let (n, ev) = c.feed(&f[3..], &mut out, &mut masker());
         assert_eq!(n, f.len() - 3);
-        assert!(matches!(ev, Some(Event::Message { data: Payload::Borrowed(_), .. })));
+        assert!(matches!(
+            ev,
+            Some(Event::Message {
+                data: Payload::Borrowed(_),
+                ..
+            })
+        ));
         // Payload split: owned.
         let (_, ev) = c.feed(&f[..100], &mut out, &mut masker());
         assert!(ev.is_none());
         let (_, ev) = c.feed(&f[100..], &mut out, &mut masker());
-        assert!(matches!(ev, Some(Event::Message { data: Payload::Owned(ref d), .. }) if d == &[7; 640]));
+        assert!(
+            matches!(ev, Some(Event::Message { data: Payload::Owned(ref d), .. }) if d == &[7; 640])
+        );
         assert!(out.is_empty());
         // Two messages in one input: one event per call.
         let mut two = sframe(true, OpCode::Text, b"a");
         two.extend(sframe(true, OpCode::Text, b"b"));
         let (n, ev) = c.feed(&two, &mut out, &mut masker());
-        assert_eq!((n, ev), (3, Some(Event::Message { opcode: OpCode::Text, data: Payload::Borrowed(b"a") })));
+        assert_eq!(
+            (n, ev),
+            (
+                3,
+                Some(Event::Message {
+                    opcode: OpCode::Text,
+                    data: Payload::Borrowed(b"a")
+                })
+            )
+        );
     }
 
     #[test]
@@ -611,9 +670,27 @@ mod tests {
         }
         assert_fails(&[0x82, 0x81, 1, 2, 3, 4, 5], 1002);
         assert_fails(&[0x82, 0x7F, 0x80, 0, 0, 0, 0, 0, 0, 0], 1002);
-        // Detected at the header, before any payload.
-        let (events, _) = run(&[0xC1, 0x7E]);
-        assert!(events[0].clone().into_owned() == Event::ProtocolError { code: 1002, reason: "reserved bits set" });
+        // Detected from a partial header, as soon as the offending byte arrives.
+        let early = |bytes: &[u8], reason: &'static str| {
+            let (events, out) = run(bytes);
+            assert!(
+                events == [Event::ProtocolError { code: 1002, reason }],
+                "{bytes:x?}: {events:?}"
+            );
+            assert_eq!(
+                client_frames(&out),
+                [(true, 8, close_body(1002, reason.as_bytes()))]
+            );
+        };
+        early(&[0xC1], "reserved bits set");
+        early(&[0x83], "reserved opcode");
+        early(&[0x09], "fragmented control frame");
+        early(&[0x80], "unexpected continuation frame");
+        early(&[0x82, 0xFE], "masked frame from server");
+        // A 16-bit control length is judged on its value, not its encoding.
+        assert!(run(&[0x89, 0x7E, 0x00]).0.is_empty());
+        early(&[0x89, 0x7E, 0x00, 0x7E], "control frame too long");
+        assert_eq!(run(&[0x89, 0x7E, 0x00, 0x02, b'h', b'i']).0, [Event::Ping]);
     }
 
     #[test]
@@ -622,7 +699,10 @@ mod tests {
         assert_fails(&sframe(false, OpCode::Ping, b""), 1002);
         assert_fails(&sframe(false, OpCode::Pong, b""), 1002);
         assert_fails(&sframe(false, OpCode::Close, b""), 1002);
-        assert_fails(&sframe(true, OpCode::Close, &close_body(1000, &[b'a'; 124])), 1002);
+        assert_fails(
+            &sframe(true, OpCode::Close, &close_body(1000, &[b'a'; 124])),
+            1002,
+        );
         // 125-byte ping: answered with an identical pong.
         let p: Vec<u8> = (0..125).collect();
         let (events, out) = run(&sframe(true, OpCode::Ping, &p));
@@ -672,7 +752,13 @@ mod tests {
         let mut f = sframe(true, OpCode::Text, b"ab\xF4\x90\x80\x80cdef");
         f.truncate(2 + 4);
         let (events, _) = run(&f);
-        assert!(events[0] == Event::ProtocolError { code: 1007, reason: "invalid UTF-8" });
+        assert!(
+            events[0]
+                == Event::ProtocolError {
+                    code: 1007,
+                    reason: "invalid UTF-8"
+                }
+        );
         let (events, _) = run(&f[..5]);
         assert!(events.is_empty());
         // In a later fragment.
@@ -687,7 +773,16 @@ mod tests {
         // Binary messages are not validated.
         let (events, _) = run(&sframe(true, OpCode::Bin, b"\xFF"));
         assert_eq!(events, [msg(OpCode::Bin, b"\xFF")]);
-        for bad in [&b"\xC0\x80"[..], b"\xE0\x80\x80", b"\xF0\x80\x80\x80", b"\xED\xBF\xBF", b"\xF4\x90\x80\x80", b"\x80", b"\xFE", b"\xFF"] {
+        for bad in [
+            &b"\xC0\x80"[..],
+            b"\xE0\x80\x80",
+            b"\xF0\x80\x80\x80",
+            b"\xED\xBF\xBF",
+            b"\xF4\x90\x80\x80",
+            b"\x80",
+            b"\xFE",
+            b"\xFF",
+        ] {
             assert_fails(&sframe(true, OpCode::Text, bad), 1007);
         }
     }
@@ -715,7 +810,13 @@ mod tests {
         // Rejected at the header, before the payload arrives.
         let f = sframe(true, OpCode::Bin, &[0; 101]);
         let (events, out) = drive(&mut Conn::new(100), [&f[..2]]);
-        assert!(events[0] == Event::ProtocolError { code: 1009, reason: "message too big" });
+        assert!(
+            events[0]
+                == Event::ProtocolError {
+                    code: 1009,
+                    reason: "message too big"
+                }
+        );
         assert_eq!(client_frames(&out)[0].2[..2], 1009u16.to_be_bytes());
         // Fragments add up.
         let mut s = sframe(false, OpCode::Text, &[b'a'; 60]);
@@ -723,19 +824,45 @@ mod tests {
         assert_eq!(drive(&mut Conn::new(100), [&s[..]]).0.len(), 1);
         let mut s = sframe(false, OpCode::Text, &[b'a'; 60]);
         s.extend(sframe(true, OpCode::Cont, &[b'a'; 41]));
-        assert!(drive(&mut Conn::new(100), [&s[..]]).0[0] == Event::ProtocolError { code: 1009, reason: "message too big" });
+        assert!(
+            drive(&mut Conn::new(100), [&s[..]]).0[0]
+                == Event::ProtocolError {
+                    code: 1009,
+                    reason: "message too big"
+                }
+        );
         // Huge declared length never allocates it.
-        let (events, _) = drive(&mut Conn::new(usize::MAX), [&[0x82, 0x7F, 0x7F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 1, 2][..]]);
+        let (events, _) = drive(
+            &mut Conn::new(usize::MAX),
+            [&[
+                0x82, 0x7F, 0x7F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 1, 2,
+            ][..]],
+        );
         assert!(events.is_empty());
     }
 
     #[test]
     fn peer_close_handling() {
         let (events, out) = run(&sframe(true, OpCode::Close, &close_body(1000, b"bye")));
-        assert_eq!(events, [Event::Close { code: 1000, reason: "bye".into() }]);
-        assert_eq!(client_frames(&out), [(true, 8, 1000u16.to_be_bytes().to_vec())]);
+        assert_eq!(
+            events,
+            [Event::Close {
+                code: 1000,
+                reason: "bye".into()
+            }]
+        );
+        assert_eq!(
+            client_frames(&out),
+            [(true, 8, 1000u16.to_be_bytes().to_vec())]
+        );
         let (events, out) = run(&sframe(true, OpCode::Close, b""));
-        assert_eq!(events, [Event::Close { code: 1005, reason: String::new() }]);
+        assert_eq!(
+            events,
+            [Event::Close {
+                code: 1005,
+                reason: String::new()
+            }]
+        );
         assert_eq!(client_frames(&out), [(true, 8, vec![])]);
         assert_fails(&sframe(true, OpCode::Close, b"\x03"), 1002);
         for code in [0, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, 65535] {
@@ -743,9 +870,18 @@ mod tests {
         }
         for code in [1000, 1003, 1007, 1014, 3000, 4999] {
             let (events, _) = run(&sframe(true, OpCode::Close, &close_body(code, b"")));
-            assert_eq!(events, [Event::Close { code, reason: String::new() }]);
+            assert_eq!(
+                events,
+                [Event::Close {
+                    code,
+                    reason: String::new()
+                }]
+            );
         }
-        assert_fails(&sframe(true, OpCode::Close, &close_body(1000, b"\xED\xA0\x80")), 1007);
+        assert_fails(
+            &sframe(true, OpCode::Close, &close_body(1000, b"\xED\xA0\x80")),
+            1007,
+        );
         // Nothing after the close is delivered; close may arrive mid-message.
         let mut s = sframe(false, OpCode::Text, b"part");
         s.extend(sframe(true, OpCode::Close, &close_body(1001, b"")));
@@ -754,7 +890,13 @@ mod tests {
         s.extend(b"\xFF\xFF garbage");
         let mut c = Conn::new(MAX);
         let (events, out) = drive(&mut c, [&s[..]]);
-        assert_eq!(events, [Event::Close { code: 1001, reason: String::new() }]);
+        assert_eq!(
+            events,
+            [Event::Close {
+                code: 1001,
+                reason: String::new()
+            }]
+        );
         assert_eq!(client_frames(&out).len(), 1);
         assert!(c.close_received() && c.close_sent() && !c.failed());
         let mut out = vec![];
@@ -773,13 +915,29 @@ mod tests {
         s.extend(sframe(true, OpCode::Text, b"late"));
         s.extend(sframe(true, OpCode::Close, &close_body(1000, b"")));
         let (events, out) = drive(&mut c, [&s[..]]);
-        assert_eq!(events, [Event::Ping, msg(OpCode::Text, b"late"), Event::Close { code: 1000, reason: String::new() }]);
+        assert_eq!(
+            events,
+            [
+                Event::Ping,
+                msg(OpCode::Text, b"late"),
+                Event::Close {
+                    code: 1000,
+                    reason: String::new()
+                }
+            ]
+        );
         assert!(out.is_empty(), "no pong or echo after our close");
         // A violation after our close sends nothing more.
         let mut c = Conn::new(MAX);
         c.send_close(None, b"ignored", [0; 4], &mut vec![]);
         let (events, out) = drive(&mut c, [&raw(0xC1, b"")[..]]);
-        assert!(events[0] == Event::ProtocolError { code: 1002, reason: "reserved bits set" });
+        assert!(
+            events[0]
+                == Event::ProtocolError {
+                    code: 1002,
+                    reason: "reserved bits set"
+                }
+        );
         assert!(out.is_empty() && c.failed());
         // Empty-body close and reason cut to 123 bytes.
         let mut out = vec![];
@@ -796,7 +954,10 @@ mod tests {
         let mut out = vec![];
         c.send_frame(OpCode::Text, b"hello", [1, 2, 3, 4], &mut out);
         c.send_frame(OpCode::Ping, b"", [5, 6, 7, 8], &mut out);
-        assert_eq!(client_frames(&out), [(true, 1, b"hello".to_vec()), (true, 9, vec![])]);
+        assert_eq!(
+            client_frames(&out),
+            [(true, 1, b"hello".to_vec()), (true, 9, vec![])]
+        );
         assert!(!c.close_sent());
     }
 
@@ -815,14 +976,26 @@ mod tests {
         let mut c = Conn::new(MAX);
         let f = sframe(true, OpCode::Bin, &[1; 1000]);
         let (events, _) = drive(&mut c, [&f[..10], &f[10..]]);
-        let Event::Message { data: Payload::Owned(buf), .. } = events.into_iter().next().unwrap() else { panic!() };
+        let Event::Message {
+            data: Payload::Owned(buf),
+            ..
+        } = events.into_iter().next().unwrap()
+        else {
+            panic!()
+        };
         let ptr = buf.as_ptr();
         c.recycle(buf);
         let mut out = vec![];
         let mut mask = masker();
         c.feed(&f[..10], &mut out, &mut mask);
         let (_, ev) = c.feed(&f[10..], &mut out, &mut mask);
-        let Some(Event::Message { data: Payload::Owned(buf), .. }) = ev else { panic!() };
+        let Some(Event::Message {
+            data: Payload::Owned(buf),
+            ..
+        }) = ev
+        else {
+            panic!()
+        };
         assert_eq!(buf.as_ptr(), ptr, "buffer reused");
         c.recycle(Vec::with_capacity(RECYCLE_MAX + 1));
         assert_eq!(c.msg.capacity(), 0);
@@ -872,7 +1045,11 @@ mod tests {
             let mut expect = vec![];
             let mut expect_out = vec![];
             for _ in 0..rng.random_range(1..6) {
-                let op = if rng.random() { OpCode::Text } else { OpCode::Bin };
+                let op = if rng.random() {
+                    OpCode::Text
+                } else {
+                    OpCode::Bin
+                };
                 let nfrag = rng.random_range(1..4);
                 let mut whole = vec![];
                 for i in 0..nfrag {
@@ -908,7 +1085,9 @@ mod tests {
                     }
                 }
             }
-            let mut cuts: Vec<usize> = (0..rng.random_range(0..5)).map(|_| rng.random_range(0..=stream.len())).collect();
+            let mut cuts: Vec<usize> = (0..rng.random_range(0..5))
+                .map(|_| rng.random_range(0..=stream.len()))
+                .collect();
             cuts.sort_unstable();
             let mut chunks = vec![];
             let mut prev = 0;
@@ -926,7 +1105,11 @@ mod tests {
     fn fuzz_never_panics() {
         let mut rng = SmallRng::seed_from_u64(32);
         let mut buf = vec![0u8; 300];
-        let seeds = [sframe(false, OpCode::Text, b"abc"), sframe(true, OpCode::Close, &close_body(1000, b"x")), sframe(true, OpCode::Ping, b"pp")];
+        let seeds = [
+            sframe(false, OpCode::Text, b"abc"),
+            sframe(true, OpCode::Close, &close_body(1000, b"x")),
+            sframe(true, OpCode::Ping, b"pp"),
+        ];
         for i in 0..100_000 {
             let len = rng.random_range(0..buf.len());
             rng.fill_bytes(&mut buf[..len]);
@@ -963,7 +1146,7 @@ mod tests {
 
     /// `cargo test --release -- --ignored --nocapture feed_throughput`
     #[test]
-    #[ignore]
+    #[ignore = "timing only; run with --ignored --nocapture"]
     fn feed_throughput() {
         let one = sframe(true, OpCode::Bin, &[0x42; 640]);
         let many: Vec<u8> = one.iter().copied().cycle().take(one.len() * 1000).collect();
@@ -985,6 +1168,9 @@ mod tests {
         }
         let el = t.elapsed();
         assert_eq!(count, rounds * 1000 * 640);
-        println!("feed: {:.1} ns per 640-byte frame", el.as_nanos() as f64 / (rounds * 1000) as f64);
+        println!(
+            "feed: {:.1} ns per 640-byte frame",
+            el.as_nanos() as f64 / (rounds * 1000) as f64
+        );
     }
 }

@@ -106,7 +106,12 @@ pub fn encode_header(
 #[inline]
 fn rotate_mask(mask: [u8; 4], offset: usize) -> [u8; 4] {
     let r = offset & 3;
-    [mask[r], mask[(r + 1) & 3], mask[(r + 2) & 3], mask[(r + 3) & 3]]
+    [
+        mask[r],
+        mask[(r + 1) & 3],
+        mask[(r + 2) & 3],
+        mask[(r + 3) & 3],
+    ]
 }
 
 /// The 4-byte mask repeated to a 64-bit word in memory order.
@@ -147,7 +152,9 @@ pub fn encode_frame(out: &mut Vec<u8>, fin: bool, opcode: OpCode, payload: &[u8]
     let (dst_chunks, dst_tail) = spare.as_chunks_mut::<8>();
     let (src_chunks, src_tail) = payload.as_chunks::<8>();
     for (d, s) in dst_chunks.iter_mut().zip(src_chunks) {
-        *d = (u64::from_ne_bytes(*s) ^ w).to_ne_bytes().map(MaybeUninit::new);
+        *d = (u64::from_ne_bytes(*s) ^ w)
+            .to_ne_bytes()
+            .map(MaybeUninit::new);
     }
     for (i, (d, s)) in dst_tail.iter_mut().zip(src_tail).enumerate() {
         d.write(s ^ mask[i & 3]);
@@ -232,7 +239,10 @@ mod tests {
             }
         }
         for op in ALL_OPS {
-            assert_eq!(op.is_control(), matches!(op, OpCode::Close | OpCode::Ping | OpCode::Pong));
+            assert_eq!(
+                op.is_control(),
+                matches!(op, OpCode::Close | OpCode::Ping | OpCode::Pong)
+            );
         }
     }
 
@@ -240,31 +250,75 @@ mod tests {
     fn rfc_examples() {
         // RFC 6455 §5.7: unmasked and masked "Hello".
         let mut out = Vec::new();
-        encode_frame(&mut out, true, OpCode::Text, b"Hello", [0x37, 0xfa, 0x21, 0x3d]);
-        assert_eq!(out, [0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58]);
+        encode_frame(
+            &mut out,
+            true,
+            OpCode::Text,
+            b"Hello",
+            [0x37, 0xfa, 0x21, 0x3d],
+        );
+        assert_eq!(
+            out,
+            [0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58]
+        );
         let (h, n) = decode_header(&[0x81, 0x05, b'H']).unwrap().unwrap();
         assert_eq!(n, 2);
         assert_eq!(
             h,
-            FrameHeader { fin: true, rsv: 0, opcode: 1, mask: None, payload_len: 5 }
+            FrameHeader {
+                fin: true,
+                rsv: 0,
+                opcode: 1,
+                mask: None,
+                payload_len: 5
+            }
         );
         let (h, n) = decode_header(&out).unwrap().unwrap();
-        assert_eq!((n, h.mask, h.payload_len), (6, Some([0x37, 0xfa, 0x21, 0x3d]), 5));
+        assert_eq!(
+            (n, h.mask, h.payload_len),
+            (6, Some([0x37, 0xfa, 0x21, 0x3d]), 5)
+        );
         // 256-byte and 64 KiB binary unmasked headers.
-        assert_eq!(decode_header(&[0x82, 0x7E, 0x01, 0x00]).unwrap().unwrap().0.payload_len, 256);
+        assert_eq!(
+            decode_header(&[0x82, 0x7E, 0x01, 0x00])
+                .unwrap()
+                .unwrap()
+                .0
+                .payload_len,
+            256
+        );
         let h64 = [0x82, 0x7F, 0, 0, 0, 0, 0, 1, 0, 0];
-        assert_eq!(decode_header(&h64).unwrap().unwrap(), (
-            FrameHeader { fin: true, rsv: 0, opcode: 2, mask: None, payload_len: 65536 },
-            10
-        ));
+        assert_eq!(
+            decode_header(&h64).unwrap().unwrap(),
+            (
+                FrameHeader {
+                    fin: true,
+                    rsv: 0,
+                    opcode: 2,
+                    mask: None,
+                    payload_len: 65536
+                },
+                10
+            )
+        );
     }
 
     #[test]
     fn minimal_length_encoding() {
         let mut h = [0u8; MAX_HEADER_LEN];
-        for (len, n) in [(0u64, 2), (125, 2), (126, 4), (65535, 4), (65536, 10), (u64::MAX >> 1, 10)] {
+        for (len, n) in [
+            (0u64, 2),
+            (125, 2),
+            (126, 4),
+            (65535, 4),
+            (65536, 10),
+            (u64::MAX >> 1, 10),
+        ] {
             assert_eq!(encode_header(true, OpCode::Bin, None, len, &mut h), n);
-            assert_eq!(encode_header(true, OpCode::Bin, Some([1, 2, 3, 4]), len, &mut h), n + 4);
+            assert_eq!(
+                encode_header(true, OpCode::Bin, Some([1, 2, 3, 4]), len, &mut h),
+                n + 4
+            );
             assert_eq!(&h[n..n + 4], &[1, 2, 3, 4]);
         }
     }
@@ -281,7 +335,14 @@ mod tests {
         let top_masked = [0x82, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 0];
         assert_eq!(decode_header(&top_masked), Err(FrameError::LengthOverflow));
         // Non-minimal encodings are accepted.
-        assert_eq!(decode_header(&[0x82, 0x7E, 0, 5]).unwrap().unwrap().0.payload_len, 5);
+        assert_eq!(
+            decode_header(&[0x82, 0x7E, 0, 5])
+                .unwrap()
+                .unwrap()
+                .0
+                .payload_len,
+            5
+        );
         let nm = [0x82, 0x7F, 0, 0, 0, 0, 0, 0, 0, 5];
         assert_eq!(decode_header(&nm).unwrap().unwrap().0.payload_len, 5);
     }
@@ -307,7 +368,11 @@ mod tests {
         for _ in 0..20_000 {
             let fin = rng.random::<bool>();
             let op = ALL_OPS[rng.random_range(0..ALL_OPS.len())];
-            let mask = if rng.random::<bool>() { Some(rng.random::<[u8; 4]>()) } else { None };
+            let mask = if rng.random::<bool>() {
+                Some(rng.random::<[u8; 4]>())
+            } else {
+                None
+            };
             let len = match rng.random_range(0..8) {
                 0 => 0,
                 1 => 125,
@@ -322,7 +387,16 @@ mod tests {
             buf.extend_from_slice(&[0xAA; 3]);
             let (d, dn) = decode_header(&buf).unwrap().unwrap();
             assert_eq!(dn, n);
-            assert_eq!(d, FrameHeader { fin, rsv: 0, opcode: op as u8, mask, payload_len: len });
+            assert_eq!(
+                d,
+                FrameHeader {
+                    fin,
+                    rsv: 0,
+                    opcode: op as u8,
+                    mask,
+                    payload_len: len
+                }
+            );
         }
     }
 
@@ -406,7 +480,7 @@ mod tests {
 
     /// `cargo test --release -- --ignored --nocapture mask_throughput`
     #[test]
-    #[ignore]
+    #[ignore = "timing only; run with --ignored --nocapture"]
     fn mask_throughput() {
         for size in [640usize, 65536, 1 << 20] {
             let payload = vec![0x61u8; size];
@@ -415,7 +489,13 @@ mod tests {
             let t = std::time::Instant::now();
             for _ in 0..iters {
                 out.clear();
-                encode_frame(&mut out, true, OpCode::Bin, std::hint::black_box(&payload), [1, 2, 3, 4]);
+                encode_frame(
+                    &mut out,
+                    true,
+                    OpCode::Bin,
+                    std::hint::black_box(&payload),
+                    [1, 2, 3, 4],
+                );
                 std::hint::black_box(&out);
             }
             let gbs = (iters * size) as f64 / t.elapsed().as_secs_f64() / 1e9;

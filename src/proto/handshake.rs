@@ -48,7 +48,9 @@ impl fmt::Display for HandshakeError {
             HandshakeError::BadUpgrade => f.write_str("missing or invalid Upgrade header"),
             HandshakeError::BadConnection => f.write_str("missing or invalid Connection header"),
             HandshakeError::BadAccept => f.write_str("missing or invalid Sec-WebSocket-Accept"),
-            HandshakeError::BadSubprotocol => f.write_str("server selected an unoffered subprotocol"),
+            HandshakeError::BadSubprotocol => {
+                f.write_str("server selected an unoffered subprotocol")
+            }
             HandshakeError::BadExtension => f.write_str("server selected an unoffered extension"),
         }
     }
@@ -113,8 +115,12 @@ fn is_safe_value(s: &[u8]) -> bool {
 /// produce duplicates or break the upgrade.
 fn is_forbidden_extra(name: &[u8]) -> bool {
     const PREFIX: &[u8] = b"sec-websocket-";
-    ["host", "upgrade", "connection"].iter().any(|f| name.eq_ignore_ascii_case(f.as_bytes()))
-        || name.get(..PREFIX.len()).is_some_and(|p| p.eq_ignore_ascii_case(PREFIX))
+    ["host", "upgrade", "connection"]
+        .iter()
+        .any(|f| name.eq_ignore_ascii_case(f.as_bytes()))
+        || name
+            .get(..PREFIX.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(PREFIX))
 }
 
 impl Handshake {
@@ -232,7 +238,8 @@ impl Handshake {
             }
             return Ok(None);
         };
-        self.head.extend_from_slice(chunk.get(..end).unwrap_or(chunk));
+        self.head
+            .extend_from_slice(chunk.get(..end).unwrap_or(chunk));
         let result = self.validate();
         self.state = match &result {
             Ok(r) => State::Done(r.clone()),
@@ -256,7 +263,11 @@ impl Handshake {
             }
             r => r?,
         };
-        Ok(Response { status: 101, head: self.head.clone(), subprotocol })
+        Ok(Response {
+            status: 101,
+            head: self.head.clone(),
+            subprotocol,
+        })
     }
 
     /// Parses the head into `headers` and validates it; `TooLarge` means the
@@ -294,7 +305,9 @@ impl Handshake {
             if name.eq_ignore_ascii_case(b"upgrade") {
                 upgrade = Some(upgrade.unwrap_or(true) && value.eq_ignore_ascii_case(b"websocket"));
             } else if name.eq_ignore_ascii_case(b"connection") {
-                connection |= value.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"));
+                connection |= value
+                    .split(|&b| b == b',')
+                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"));
             } else if name.eq_ignore_ascii_case(b"sec-websocket-accept") {
                 accepts += 1;
                 accept_ok = value == self.accept.as_bytes();
@@ -341,7 +354,9 @@ mod tests {
     const ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
 
     fn hs(protos: Option<&[u8]>) -> Handshake {
-        Handshake::new("example.com", "/chat", protos, &[], KEY).unwrap().0
+        Handshake::new("example.com", "/chat", protos, &[], KEY)
+            .unwrap()
+            .0
     }
 
     fn response(extra: &str) -> String {
@@ -359,7 +374,14 @@ mod tests {
     #[test]
     fn request_bytes() {
         let extra: &[(&[u8], &[u8])] = &[(b"Origin", b"http://example.com"), (b"X-Empty", b"")];
-        let (_, req) = Handshake::new("example.com:8080", "/chat?x=1", Some(b" chat ,, superchat "), extra, KEY).unwrap();
+        let (_, req) = Handshake::new(
+            "example.com:8080",
+            "/chat?x=1",
+            Some(b" chat ,, superchat "),
+            extra,
+            KEY,
+        )
+        .unwrap();
         assert_eq!(
             String::from_utf8(req).unwrap(),
             "GET /chat?x=1 HTTP/1.1\r\nHost: example.com:8080\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -390,17 +412,30 @@ mod tests {
             (b"SEC-WEBSOCKET-PROTOCOL", b"x"),
         ];
         for &(n, v) in bad_extra {
-            assert_eq!(Handshake::new("h", "/", None, &[(n, v)], KEY).err(), Some(HandshakeError::BadHeader), "{n:?}");
+            assert_eq!(
+                Handshake::new("h", "/", None, &[(n, v)], KEY).err(),
+                Some(HandshakeError::BadHeader),
+                "{n:?}"
+            );
         }
         assert!(Handshake::new("h", "/", None, &[(b"Sec-WebSocke", b"x")], KEY).is_ok());
         for host in ["", "h\r\nX: y", "h\n", "h\0"] {
-            assert_eq!(Handshake::new(host, "/", None, &[], KEY).err(), Some(HandshakeError::BadHeader));
+            assert_eq!(
+                Handshake::new(host, "/", None, &[], KEY).err(),
+                Some(HandshakeError::BadHeader)
+            );
         }
         for res in ["", "/a b", "/a\r\n", "/\0", "/\x7F"] {
-            assert_eq!(Handshake::new("h", res, None, &[], KEY).err(), Some(HandshakeError::BadHeader));
+            assert_eq!(
+                Handshake::new("h", res, None, &[], KEY).err(),
+                Some(HandshakeError::BadHeader)
+            );
         }
         for protos in [&b"a b"[..], b"chat\r\n", b"x,y/z", b"\xFF"] {
-            assert_eq!(Handshake::new("h", "/", Some(protos), &[], KEY).err(), Some(HandshakeError::BadHeader));
+            assert_eq!(
+                Handshake::new("h", "/", Some(protos), &[], KEY).err(),
+                Some(HandshakeError::BadHeader)
+            );
         }
     }
 
@@ -409,7 +444,11 @@ mod tests {
         let mut bytes = response("Sec-WebSocket-Protocol: superchat\r\nServer: x\r\n").into_bytes();
         let head_len = bytes.len();
         bytes.extend_from_slice(b"\x81\x02hi\x89\x00");
-        let expect = Response { status: 101, head: bytes[..head_len].to_vec(), subprotocol: Some("superchat".into()) };
+        let expect = Response {
+            status: 101,
+            head: bytes[..head_len].to_vec(),
+            subprotocol: Some("superchat".into()),
+        };
         let run = |cuts: &[usize]| {
             let mut h = hs(Some(b"chat, superchat"));
             let mut prev = 0;
@@ -434,7 +473,8 @@ mod tests {
     fn accepted_variants() {
         let ok = |resp: &str, protos: Option<&[u8]>| {
             let mut h = hs(protos);
-            h.feed(resp.as_bytes()).map(|r| r.map(|(n, r)| (n, r.subprotocol)))
+            h.feed(resp.as_bytes())
+                .map(|r| r.map(|(n, r)| (n, r.subprotocol)))
         };
         let r = response("");
         assert_eq!(ok(&r, None), Ok(Some((r.len(), None))));
@@ -442,6 +482,9 @@ mod tests {
         let r = format!(
             "HTTP/1.1 101 OK\nupgrade:   WebSocket \nCONNECTION: keep-alive, UPGRADE\nsec-websocket-accept: {ACCEPT}\n\n"
         );
+        assert_eq!(ok(&r, None), Ok(Some((r.len(), None))));
+        // Missing reason phrase.
+        let r = response("").replace("101 Switching Protocols", "101");
         assert_eq!(ok(&r, None), Ok(Some((r.len(), None))));
         // Server picking none of the offered protocols is allowed.
         let r = response("");
@@ -455,28 +498,112 @@ mod tests {
     #[test]
     fn rejected_responses() {
         let cases: Vec<(String, Option<&[u8]>, HandshakeError)> = vec![
-            ("HTTP/1.1 200 OK\r\n\r\n".into(), None, HandshakeError::BadStatus(200)),
-            ("HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic\r\n\r\n".into(), None, HandshakeError::BadStatus(401)),
-            ("HTTP/1.0 403 Forbidden\r\n\r\n".into(), None, HandshakeError::BadStatus(403)),
-            (response("").replace("HTTP/1.1", "HTTP/1.0"), None, HandshakeError::Malformed),
-            ("HTTP/1.1 101\r\nUpgrade websocket\r\n\r\n".into(), None, HandshakeError::Malformed),
-            ("SSH-2.0-OpenSSH\r\n\r\n".into(), None, HandshakeError::Malformed),
+            (
+                "HTTP/1.1 200 OK\r\n\r\n".into(),
+                None,
+                HandshakeError::BadStatus(200),
+            ),
+            (
+                "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic\r\n\r\n".into(),
+                None,
+                HandshakeError::BadStatus(401),
+            ),
+            (
+                "HTTP/1.0 403 Forbidden\r\n\r\n".into(),
+                None,
+                HandshakeError::BadStatus(403),
+            ),
+            (
+                response("").replace("HTTP/1.1", "HTTP/1.0"),
+                None,
+                HandshakeError::Malformed,
+            ),
+            (
+                "HTTP/1.1 101\r\nUpgrade websocket\r\n\r\n".into(),
+                None,
+                HandshakeError::Malformed,
+            ),
+            (
+                "SSH-2.0-OpenSSH\r\n\r\n".into(),
+                None,
+                HandshakeError::Malformed,
+            ),
             ("\r\n\r\n".into(), None, HandshakeError::Malformed),
-            (response("").replace("Upgrade: websocket\r\n", ""), None, HandshakeError::BadUpgrade),
-            (response("").replace("Upgrade: websocket", "Upgrade: h2c"), None, HandshakeError::BadUpgrade),
-            (response("Upgrade: h2c\r\n"), None, HandshakeError::BadUpgrade),
-            (response("").replace("Connection: Upgrade", "Connection: close"), None, HandshakeError::BadConnection),
-            (response("").replace("Connection: Upgrade\r\n", ""), None, HandshakeError::BadConnection),
-            (response("").replace("Connection: Upgrade", "Connection: upgrades"), None, HandshakeError::BadConnection),
-            (response("").replace(ACCEPT, "s3pPLMBiTxaQ9kYGzzhZRbK+xOO="), None, HandshakeError::BadAccept),
-            (response("").replace(&format!("Sec-WebSocket-Accept: {ACCEPT}\r\n"), ""), None, HandshakeError::BadAccept),
-            (response(&format!("Sec-WebSocket-Accept: {ACCEPT}\r\n")), None, HandshakeError::BadAccept),
-            (response("Sec-WebSocket-Extensions: permessage-deflate\r\n"), None, HandshakeError::BadExtension),
-            (response("Sec-WebSocket-Protocol: chat\r\n"), None, HandshakeError::BadSubprotocol),
-            (response("Sec-WebSocket-Protocol: CHAT\r\n"), Some(b"chat"), HandshakeError::BadSubprotocol),
-            (response("Sec-WebSocket-Protocol: chat, superchat\r\n"), Some(b"chat,superchat"), HandshakeError::BadSubprotocol),
-            (response("Sec-WebSocket-Protocol: chat\r\nSec-WebSocket-Protocol: chat\r\n"), Some(b"chat"), HandshakeError::BadSubprotocol),
-            (response("Sec-WebSocket-Protocol: \r\n"), Some(b"chat"), HandshakeError::BadSubprotocol),
+            (
+                response("").replace("Upgrade: websocket\r\n", ""),
+                None,
+                HandshakeError::BadUpgrade,
+            ),
+            (
+                response("").replace("Upgrade: websocket", "Upgrade: h2c"),
+                None,
+                HandshakeError::BadUpgrade,
+            ),
+            (
+                response("Upgrade: h2c\r\n"),
+                None,
+                HandshakeError::BadUpgrade,
+            ),
+            (
+                response("").replace("Connection: Upgrade", "Connection: close"),
+                None,
+                HandshakeError::BadConnection,
+            ),
+            (
+                response("").replace("Connection: Upgrade\r\n", ""),
+                None,
+                HandshakeError::BadConnection,
+            ),
+            (
+                response("").replace("Connection: Upgrade", "Connection: upgrades"),
+                None,
+                HandshakeError::BadConnection,
+            ),
+            (
+                response("").replace(ACCEPT, "s3pPLMBiTxaQ9kYGzzhZRbK+xOO="),
+                None,
+                HandshakeError::BadAccept,
+            ),
+            (
+                response("").replace(&format!("Sec-WebSocket-Accept: {ACCEPT}\r\n"), ""),
+                None,
+                HandshakeError::BadAccept,
+            ),
+            (
+                response(&format!("Sec-WebSocket-Accept: {ACCEPT}\r\n")),
+                None,
+                HandshakeError::BadAccept,
+            ),
+            (
+                response("Sec-WebSocket-Extensions: permessage-deflate\r\n"),
+                None,
+                HandshakeError::BadExtension,
+            ),
+            (
+                response("Sec-WebSocket-Protocol: chat\r\n"),
+                None,
+                HandshakeError::BadSubprotocol,
+            ),
+            (
+                response("Sec-WebSocket-Protocol: CHAT\r\n"),
+                Some(b"chat"),
+                HandshakeError::BadSubprotocol,
+            ),
+            (
+                response("Sec-WebSocket-Protocol: chat, superchat\r\n"),
+                Some(b"chat,superchat"),
+                HandshakeError::BadSubprotocol,
+            ),
+            (
+                response("Sec-WebSocket-Protocol: chat\r\nSec-WebSocket-Protocol: chat\r\n"),
+                Some(b"chat"),
+                HandshakeError::BadSubprotocol,
+            ),
+            (
+                response("Sec-WebSocket-Protocol: \r\n"),
+                Some(b"chat"),
+                HandshakeError::BadSubprotocol,
+            ),
         ];
         for (resp, protos, err) in cases {
             let mut h = hs(protos);
@@ -516,10 +643,18 @@ mod tests {
         assert_eq!(res, Err(HandshakeError::TooLarge));
         // A head of exactly the maximum size is still accepted.
         let base = response("X-Pad: \r\n").len();
-        let r = response(&format!("X-Pad: {}\r\n", "a".repeat(MAX_RESPONSE_HEAD - base)));
+        let r = response(&format!(
+            "X-Pad: {}\r\n",
+            "a".repeat(MAX_RESPONSE_HEAD - base)
+        ));
         assert_eq!(r.len(), MAX_RESPONSE_HEAD);
         let mut h = hs(None);
-        assert_eq!(h.feed(format!("{r}trailing").as_bytes()).unwrap().map(|x| x.0), Some(MAX_RESPONSE_HEAD));
+        assert_eq!(
+            h.feed(format!("{r}trailing").as_bytes())
+                .unwrap()
+                .map(|x| x.0),
+            Some(MAX_RESPONSE_HEAD)
+        );
     }
 
     #[test]

@@ -27,7 +27,18 @@ fn ascii_prefix_len(bytes: &[u8]) -> usize {
     let (blocks, _) = bytes.as_chunks::<32>();
     let mut n = 0;
     for b in blocks {
-        let w = |i: usize| u64::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3], b[i + 4], b[i + 5], b[i + 6], b[i + 7]]);
+        let w = |i: usize| {
+            u64::from_ne_bytes([
+                b[i],
+                b[i + 1],
+                b[i + 2],
+                b[i + 3],
+                b[i + 4],
+                b[i + 5],
+                b[i + 6],
+                b[i + 7],
+            ])
+        };
         if (w(0) | w(8) | w(16) | w(24)) & HIGH_BITS != 0 {
             break;
         }
@@ -48,13 +59,13 @@ impl Utf8Validator {
             let (need, lo, hi) = match b {
                 0x00..=0x7F => return true,
                 0xC2..=0xDF => (1, 0x80, 0xBF),
-                0xE0 => (2, 0xA0, 0xBF),              // no overlongs
+                0xE0 => (2, 0xA0, 0xBF), // no overlongs
                 0xE1..=0xEC | 0xEE..=0xEF => (2, 0x80, 0xBF),
-                0xED => (2, 0x80, 0x9F),              // no surrogates
-                0xF0 => (3, 0x90, 0xBF),              // no overlongs
+                0xED => (2, 0x80, 0x9F), // no surrogates
+                0xF0 => (3, 0x90, 0xBF), // no overlongs
                 0xF1..=0xF3 => (3, 0x80, 0xBF),
-                0xF4 => (3, 0x80, 0x8F),              // ≤ U+10FFFF
-                _ => return false,                    // 0x80..=0xC1, 0xF5..=0xFF
+                0xF4 => (3, 0x80, 0x8F), // ≤ U+10FFFF
+                _ => return false,       // 0x80..=0xC1, 0xF5..=0xFF
             };
             *self = Utf8Validator { need, lo, hi };
             true
@@ -77,7 +88,9 @@ impl Utf8Validator {
         // Finish a sequence left open by the previous piece.
         let mut i = 0;
         while self.need != 0 {
-            let Some(&b) = bytes.get(i) else { return Ok(()) };
+            let Some(&b) = bytes.get(i) else {
+                return Ok(());
+            };
             if !self.step(b) {
                 return Err(i);
             }
@@ -88,7 +101,9 @@ impl Utf8Validator {
         let rest = bytes.get(i..).unwrap_or_default();
         let i = i + ascii_prefix_len(rest);
         let rest = bytes.get(i..).unwrap_or_default();
-        let Err(e) = std::str::from_utf8(rest) else { return Ok(()) };
+        let Err(e) = std::str::from_utf8(rest) else {
+            return Ok(());
+        };
         // Either an invalid sequence (error_len() is Some) or an incomplete
         // tail (None). In both cases the byte-wise machine, restarted at the
         // last boundary, locates the exact failing byte or records the
@@ -150,27 +165,30 @@ mod tests {
     #[test]
     fn invalid_classes_fail_at_first_bad_byte() {
         let cases: &[(&[u8], usize)] = &[
-            (b"\xC0\x80", 0),               // overlong 2-byte (C0)
-            (b"\xC1\xBF", 0),               // overlong 2-byte (C1)
-            (b"ab\xE0\x80\x80", 3),         // overlong 3-byte
-            (b"\xE0\x9F\xBF", 1),           // overlong 3-byte, top of range
-            (b"\xF0\x80\x80\x80", 1),       // overlong 4-byte
-            (b"\xF0\x8F\xBF\xBF", 1),       // overlong 4-byte, top of range
-            (b"\xED\xA0\x80", 1),           // U+D800
-            (b"\xED\xBF\xBF", 1),           // U+DFFF
-            (b"\xF4\x90\x80\x80", 1),       // U+110000
-            (b"\xF5\x80\x80\x80", 0),       // lead > F4
+            (b"\xC0\x80", 0),         // overlong 2-byte (C0)
+            (b"\xC1\xBF", 0),         // overlong 2-byte (C1)
+            (b"ab\xE0\x80\x80", 3),   // overlong 3-byte
+            (b"\xE0\x9F\xBF", 1),     // overlong 3-byte, top of range
+            (b"\xF0\x80\x80\x80", 1), // overlong 4-byte
+            (b"\xF0\x8F\xBF\xBF", 1), // overlong 4-byte, top of range
+            (b"\xED\xA0\x80", 1),     // U+D800
+            (b"\xED\xBF\xBF", 1),     // U+DFFF
+            (b"\xF4\x90\x80\x80", 1), // U+110000
+            (b"\xF5\x80\x80\x80", 0), // lead > F4
             (b"\xF7\xBF\xBF\xBF", 0),
-            (b"\x80", 0),                   // lone continuation
+            (b"\x80", 0), // lone continuation
             (b"a\xBF", 1),
             (b"\xFE", 0),
             (b"\xFF", 0),
-            (b"\xC3\x28", 1),               // bad continuation
+            (b"\xC3\x28", 1), // bad continuation
             (b"\xE2\x28\xA1", 1),
             (b"\xE2\x82\x28", 2),
             (b"\xF0\x90\x28\xBC", 2),
             (b"\xF0\x90\x8C\x28", 3),
-            (b"\xCE\xBA\xE1\xBD\xB9\xCF\x83\xCE\xBC\xCE\xB5\xED\xA0\x80edited", 12),
+            (
+                b"\xCE\xBA\xE1\xBD\xB9\xCF\x83\xCE\xBC\xCE\xB5\xED\xA0\x80edited",
+                12,
+            ),
         ];
         for &(bytes, at) in cases {
             assert_eq!(validate(bytes), Err(at), "{bytes:x?}");
@@ -180,14 +198,32 @@ mod tests {
 
     #[test]
     fn truncated_sequences_are_incomplete_not_errors() {
-        for bytes in [&b"\xC3"[..], b"\xE2\x82", b"\xF0\x9F\x98", b"\xF4\x8F", b"ok\xE0"] {
+        for bytes in [
+            &b"\xC3"[..],
+            b"\xE2\x82",
+            b"\xF0\x9F\x98",
+            b"\xF4\x8F",
+            b"ok\xE0",
+        ] {
             assert_eq!(validate(bytes), Ok(false), "{bytes:x?}");
         }
     }
 
     #[test]
     fn boundary_code_points_are_valid() {
-        for c in ['\0', '\x7F', '\u{80}', '\u{7FF}', '\u{800}', '\u{D7FF}', '\u{E000}', '\u{FFFD}', '\u{FFFF}', '\u{10000}', '\u{10FFFF}'] {
+        for c in [
+            '\0',
+            '\x7F',
+            '\u{80}',
+            '\u{7FF}',
+            '\u{800}',
+            '\u{D7FF}',
+            '\u{E000}',
+            '\u{FFFD}',
+            '\u{FFFF}',
+            '\u{10000}',
+            '\u{10FFFF}',
+        ] {
             let s = format!("x{c}y{c}");
             assert_eq!(validate(s.as_bytes()), Ok(true), "{c:?}");
         }
@@ -198,9 +234,16 @@ mod tests {
         let text = "Hello-µ@ßöäüàá-UTF-8!! κόσμε \u{10FFFF}\u{1F600} end ".repeat(3);
         let b = text.as_bytes();
         for cut in 0..=b.len() {
-            assert_eq!(validate_pieces(&[&b[..cut], &b[cut..]]), Ok(true), "cut {cut}");
+            assert_eq!(
+                validate_pieces(&[&b[..cut], &b[cut..]]),
+                Ok(true),
+                "cut {cut}"
+            );
             for cut2 in cut..=b.len() {
-                assert_eq!(validate_pieces(&[&b[..cut], &b[cut..cut2], &b[cut2..]]), Ok(true));
+                assert_eq!(
+                    validate_pieces(&[&b[..cut], &b[cut..cut2], &b[cut2..]]),
+                    Ok(true)
+                );
             }
         }
         let bytewise: Vec<&[u8]> = b.chunks(1).collect();
@@ -222,12 +265,14 @@ mod tests {
     fn random_strings_match_reference_with_random_splits() {
         let mut rng = SmallRng::seed_from_u64(11);
         let alphabet: &[u8] = &[
-            b'a', b'Z', 0x00, 0x7F, 0x80, 0x8F, 0x90, 0x9F, 0xA0, 0xBF, 0xC0, 0xC1, 0xC2, 0xDF, 0xE0,
-            0xE1, 0xEC, 0xED, 0xEE, 0xEF, 0xF0, 0xF1, 0xF3, 0xF4, 0xF5, 0xFE, 0xFF,
+            b'a', b'Z', 0x00, 0x7F, 0x80, 0x8F, 0x90, 0x9F, 0xA0, 0xBF, 0xC0, 0xC1, 0xC2, 0xDF,
+            0xE0, 0xE1, 0xEC, 0xED, 0xEE, 0xEF, 0xF0, 0xF1, 0xF3, 0xF4, 0xF5, 0xFE, 0xFF,
         ];
         for iter in 0..20_000 {
             let len = rng.random_range(0..80);
-            let mut s: Vec<u8> = (0..len).map(|_| alphabet[rng.random_range(0..alphabet.len())]).collect();
+            let mut s: Vec<u8> = (0..len)
+                .map(|_| alphabet[rng.random_range(0..alphabet.len())])
+                .collect();
             if iter % 2 == 0 {
                 // Mostly-valid strings with ASCII runs long enough for the fast path.
                 let mut valid: Vec<u8> = "ab".repeat(rng.random_range(0..40)).into_bytes();
@@ -240,7 +285,11 @@ mod tests {
             assert_eq!(validate(&s), expect, "{s:x?}");
             let c1 = rng.random_range(0..=s.len());
             let c2 = rng.random_range(c1..=s.len());
-            assert_eq!(validate_pieces(&[&s[..c1], &s[c1..c2], &s[c2..]]), expect, "{s:x?} {c1} {c2}");
+            assert_eq!(
+                validate_pieces(&[&s[..c1], &s[c1..c2], &s[c2..]]),
+                expect,
+                "{s:x?} {c1} {c2}"
+            );
         }
     }
 
@@ -272,12 +321,16 @@ mod tests {
 
     /// `cargo test --release -- --ignored --nocapture utf8_throughput`
     #[test]
-    #[ignore]
+    #[ignore = "timing only; run with --ignored --nocapture"]
     fn utf8_throughput() {
         let ascii = "The quick brown fox jumps over the lazy dog. 0123456789\n".repeat(20_000);
         let mixed = "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor. Grüße, €5 — naïve café ".repeat(10_000);
         let greek = "κόσμε καλημέρα ".repeat(40_000);
-        for (name, text) in [("ascii", &ascii), ("ascii-heavy", &mixed), ("greek", &greek)] {
+        for (name, text) in [
+            ("ascii", &ascii),
+            ("ascii-heavy", &mixed),
+            ("greek", &greek),
+        ] {
             let b = text.as_bytes();
             let iters = (1usize << 31) / b.len();
             let t = std::time::Instant::now();

@@ -192,6 +192,10 @@ async def h_flood(ws, path, query, params):
     while count == 0 or seq < count:
         await ws.send(struct.pack(">Q", seq) + body)
         seq += 1
+        if seq % 16 == 0:
+            # send() yields only when the socket is full: let other
+            # connections (and the handshakes of new ones) run too
+            await asyncio.sleep(0)
     await echo(ws)
 
 

@@ -1,9 +1,10 @@
-//! Name resolution off the caller's thread.
+//! Blocking work off the caller's and the event loop's threads: name
+//! resolution (`getaddrinfo` blocks) and loading TLS contexts (CA bundles
+//! are read from disk).
 //!
-//! `getaddrinfo` blocks, so lookups run on a small pool of worker threads
-//! that are started on demand and exit after a while without work. The
-//! result is handed to a completion closure (which typically posts it back
-//! to the connection's event loop).
+//! A small pool of threads is started on demand; idle threads exit after a
+//! while without work. Jobs report back through their own closures
+//! (typically by posting to the connection's event loop).
 
 use std::collections::VecDeque;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -13,13 +14,7 @@ use std::time::Duration;
 const MAX_WORKERS: usize = 4;
 const IDLE_EXIT: Duration = Duration::from_secs(5);
 
-type Done = Box<dyn FnOnce(Result<Vec<SocketAddr>, ()>) + Send>;
-
-struct Job {
-    host: String,
-    port: u16,
-    done: Done,
-}
+type Job = Box<dyn FnOnce() + Send>;
 
 struct Pool {
     queue: VecDeque<Job>,
@@ -30,29 +25,25 @@ struct Pool {
 static POOL: Mutex<Pool> = Mutex::new(Pool { queue: VecDeque::new(), workers: 0, idle: 0 });
 static WORK: Condvar = Condvar::new();
 
-/// Resolves `host` (a name, not an IP literal) and calls `done` with every
-/// address found, IPv6 and IPv4 in the order the system prefers.
-pub fn resolve(host: String, port: u16, done: impl FnOnce(Result<Vec<SocketAddr>, ()>) + Send + 'static) {
+/// Runs `job` on a worker thread. If no thread can be started at all, the
+/// job runs on the calling thread rather than never.
+pub fn run(job: impl FnOnce() + Send + 'static) {
     let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
-    pool.queue.push_back(Job { host, port, done: Box::new(done) });
+    pool.queue.push_back(Box::new(job));
     if pool.idle > 0 {
         WORK.notify_one();
         return;
     }
     if pool.workers < MAX_WORKERS {
         pool.workers += 1;
-        let spawned = std::thread::Builder::new()
-            .name("pjwebsock-dns".into())
-            .stack_size(128 * 1024)
-            .spawn(worker);
+        let spawned = std::thread::Builder::new().name("pjwebsock-work".into()).stack_size(256 * 1024).spawn(worker);
         if spawned.is_err() {
             pool.workers -= 1;
             if pool.workers == 0 {
-                // No thread at all: fail the lookups rather than hang them.
                 let jobs: Vec<Job> = pool.queue.drain(..).collect();
                 drop(pool);
                 for j in jobs {
-                    (j.done)(Err(()));
+                    j();
                 }
             }
         }
@@ -77,18 +68,28 @@ fn worker() {
                 }
             }
         };
-        let Some(job) = job else { return };
-        let res = match (job.host.as_str(), job.port).to_socket_addrs() {
-            Ok(it) => {
-                let v: Vec<SocketAddr> = it.collect();
-                if v.is_empty() {
-                    Err(())
-                } else {
-                    Ok(v)
-                }
+        match job {
+            // A panicking job must not take the worker down with it.
+            Some(j) => {
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(j));
             }
-            Err(_) => Err(()),
-        };
-        (job.done)(res);
+            None => return,
+        }
+    }
+}
+
+/// Resolves `host` (blocking): every address, IPv6 and IPv4, in the order
+/// the system prefers.
+pub fn lookup(host: &str, port: u16) -> Result<Vec<SocketAddr>, ()> {
+    match (host, port).to_socket_addrs() {
+        Ok(it) => {
+            let v: Vec<SocketAddr> = it.collect();
+            if v.is_empty() {
+                Err(())
+            } else {
+                Ok(v)
+            }
+        }
+        Err(_) => Err(()),
     }
 }

@@ -1,0 +1,317 @@
+//! TLS for wss:// through OpenSSL.
+//!
+//! - `TlsConfig`: what the application asked for (pjlib's
+//!   `pj_ssl_sock_param` fields plus our extension settings).
+//! - `context()`: builds, or reuses, the `SslContext` for a configuration.
+//!   Loading CA bundles is slow, so callers run it on a worker thread.
+//! - `TlsStream`: one connection's OpenSSL state over a non-blocking socket,
+//!   with OpenSSL's WANT_READ/WANT_WRITE mapped onto `WouldBlock`.
+
+use std::io::{self, Read, Write};
+use std::net::IpAddr;
+use std::os::fd::RawFd;
+use std::sync::Mutex;
+
+use openssl::error::ErrorStack;
+use openssl::ssl::{
+    ErrorCode, Ssl, SslContext, SslContextBuilder, SslFiletype, SslMethod, SslMode, SslOptions, SslStream,
+    SslVerifyMode, SslVersion,
+};
+use openssl::x509::X509VerifyResult;
+
+use crate::ffi::types::pj_status_t;
+use crate::status::*;
+
+/// pjlib's `pj_ssl_sock_proto` bits.
+pub const PROTO_TLS1_2: u32 = 16;
+pub const PROTO_TLS1_3: u32 = 32;
+
+/// Everything that decides how a TLS context is built. Two connections
+/// with equal configurations share one `SslContext`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// Verify the peer's certificate chain and name.
+    pub verify: bool,
+    /// pjlib `proto` mask (0 = default: TLS 1.2 and 1.3).
+    pub proto: u32,
+    /// IANA cipher-suite ids (empty = OpenSSL's defaults).
+    pub ciphers: Vec<u16>,
+    pub ca_file: Option<String>,
+    pub ca_dir: Option<String>,
+    pub cert_file: Option<String>,
+    pub key_file: Option<String>,
+    pub key_password: Option<String>,
+}
+
+/// Per-connection settings that do not shape the context.
+#[derive(Clone, Debug, Default)]
+pub struct TlsSession {
+    /// Name for SNI and for the certificate check (the URL's host unless
+    /// `server_name` overrides it).
+    pub name: String,
+    /// SHA-256 hashes of acceptable peer public keys (SPKI); empty = any.
+    pub pins: Vec<[u8; 32]>,
+}
+
+fn proto_bounds(mask: u32) -> Result<(SslVersion, SslVersion), pj_status_t> {
+    let mask = if mask == 0 { PROTO_TLS1_2 | PROTO_TLS1_3 } else { mask };
+    match (mask & PROTO_TLS1_2 != 0, mask & PROTO_TLS1_3 != 0) {
+        (true, true) => Ok((SslVersion::TLS1_2, SslVersion::TLS1_3)),
+        (true, false) => Ok((SslVersion::TLS1_2, SslVersion::TLS1_2)),
+        (false, true) => Ok((SslVersion::TLS1_3, SslVersion::TLS1_3)),
+        // Only SSL 3 / TLS 1.0 / TLS 1.1 asked for: refused, not downgraded.
+        (false, false) => Err(PJ_WEBSOCK_ETLS_PROTO),
+    }
+}
+
+/// Checks a configuration without building it (for synchronous errors).
+pub fn validate(cfg: &TlsConfig) -> Result<(), pj_status_t> {
+    proto_bounds(cfg.proto).map(|_| ())
+}
+
+/// Splits IANA cipher ids into OpenSSL's TLS 1.2 cipher list and TLS 1.3
+/// ciphersuites strings, using OpenSSL's own table.
+fn cipher_strings(ids: &[u16]) -> Result<(String, String), ErrorStack> {
+    let ctx = SslContext::builder(SslMethod::tls_client())?.build();
+    let ssl = Ssl::new(&ctx)?;
+    let wire: Vec<u8> = ids.iter().flat_map(|id| id.to_be_bytes()).collect();
+    let lists = ssl.bytes_to_cipher_list(&wire, false)?;
+    let (mut v12, mut v13) = (Vec::new(), Vec::new());
+    for c in lists.suites.iter() {
+        if c.protocol_id()[0] == 0x13 {
+            v13.push(c.name().to_string());
+        } else {
+            v12.push(c.name().to_string());
+        }
+    }
+    Ok((v12.join(":"), v13.join(":")))
+}
+
+fn build(cfg: &TlsConfig) -> Result<SslContext, pj_status_t> {
+    let cfg_err = |_| PJ_WEBSOCK_ETLS_CONFIG;
+    let (min, max) = proto_bounds(cfg.proto)?;
+    let mut b = SslContextBuilder::new(SslMethod::tls_client()).map_err(cfg_err)?;
+    b.set_min_proto_version(Some(min)).map_err(cfg_err)?;
+    b.set_max_proto_version(Some(max)).map_err(cfg_err)?;
+    b.set_options(SslOptions::NO_COMPRESSION | SslOptions::NO_RENEGOTIATION);
+    // Idle connections give their record buffers back; large writes may
+    // complete in pieces from a moving buffer (our send queue).
+    b.set_mode(SslMode::RELEASE_BUFFERS | SslMode::ENABLE_PARTIAL_WRITE | SslMode::ACCEPT_MOVING_WRITE_BUFFER);
+    if !cfg.ciphers.is_empty() {
+        let (v12, v13) = cipher_strings(&cfg.ciphers).map_err(cfg_err)?;
+        if v12.is_empty() && v13.is_empty() {
+            return Err(PJ_WEBSOCK_ETLS_CONFIG);
+        }
+        // An empty string for one version disables that version's suites.
+        b.set_cipher_list(&v12).or_else(|e| if v12.is_empty() { Ok(()) } else { Err(e) }).map_err(cfg_err)?;
+        b.set_ciphersuites(&v13).map_err(cfg_err)?;
+    }
+    if cfg.verify {
+        if cfg.ca_file.is_none() && cfg.ca_dir.is_none() {
+            b.set_default_verify_paths().map_err(cfg_err)?;
+        }
+        if let Some(f) = &cfg.ca_file {
+            b.set_ca_file(f).map_err(cfg_err)?;
+        }
+        if let Some(d) = &cfg.ca_dir {
+            b.load_verify_locations(None, Some(std::path::Path::new(d))).map_err(cfg_err)?;
+        }
+        b.set_verify(SslVerifyMode::PEER);
+    } else {
+        b.set_verify(SslVerifyMode::NONE);
+    }
+    if let Some(cert) = &cfg.cert_file {
+        b.set_certificate_chain_file(cert).map_err(cfg_err)?;
+        let key = cfg.key_file.as_deref().unwrap_or(cert);
+        match &cfg.key_password {
+            Some(pw) => {
+                let pem = std::fs::read(key).map_err(|_| PJ_WEBSOCK_ETLS_CONFIG)?;
+                let pkey = openssl::pkey::PKey::private_key_from_pem_passphrase(&pem, pw.as_bytes()).map_err(cfg_err)?;
+                b.set_private_key(&pkey).map_err(cfg_err)?;
+            }
+            None => b.set_private_key_file(key, SslFiletype::PEM).map_err(cfg_err)?,
+        }
+        b.check_private_key().map_err(cfg_err)?;
+    }
+    b.set_alpn_protos(b"\x08http/1.1").map_err(cfg_err)?;
+    Ok(b.build())
+}
+
+/// The context for `cfg`, built once and shared. Slow (reads CA files):
+/// call it on a worker thread.
+pub fn context(cfg: &TlsConfig) -> Result<SslContext, pj_status_t> {
+    static CACHE: Mutex<Vec<(TlsConfig, SslContext)>> = Mutex::new(Vec::new());
+    if let Some((_, c)) = CACHE.lock().unwrap_or_else(|e| e.into_inner()).iter().find(|(k, _)| k == cfg) {
+        return Ok(c.clone());
+    }
+    let ctx = build(cfg)?;
+    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    // Files may change: keep few contexts; newest wins on a race.
+    if cache.len() >= 16 {
+        cache.remove(0);
+    }
+    cache.retain(|(k, _)| k != cfg);
+    cache.push((cfg.clone(), ctx.clone()));
+    Ok(ctx)
+}
+
+/// The socket as OpenSSL's BIO sees it (non-owning).
+pub struct FdIo(RawFd);
+
+impl Read for FdIo {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        // SAFETY: buf is valid for writes of buf.len() bytes.
+        let r = unsafe { libc::recv(self.0, buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0) };
+        if r < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(r as usize)
+        }
+    }
+}
+
+impl Write for FdIo {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        // SAFETY: buf is valid for reads of buf.len() bytes.
+        let r = unsafe { libc::send(self.0, buf.as_ptr() as *const libc::c_void, buf.len(), libc::MSG_NOSIGNAL) };
+        if r < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(r as usize)
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Outcome of a TLS handshake step.
+pub enum HandshakeStep {
+    Done,
+    /// Waiting for the socket: true when it must become writable.
+    Pending { want_write: bool },
+    Failed(pj_status_t),
+}
+
+/// One TLS connection.
+pub struct TlsStream {
+    stream: SslStream<FdIo>,
+    pins: Vec<[u8; 32]>,
+    /// OpenSSL asked to write before it can go on reading (or vice versa).
+    pub want_write: bool,
+    verify_result: i32,
+}
+
+impl TlsStream {
+    pub fn new(ctx: &SslContext, fd: RawFd, sess: TlsSession, verify: bool) -> Result<TlsStream, pj_status_t> {
+        let err = |_| PJ_WEBSOCK_ETLS;
+        let mut ssl = Ssl::new(ctx).map_err(err)?;
+        let ip = sess.name.parse::<IpAddr>().ok();
+        if ip.is_none() && !sess.name.is_empty() {
+            // SNI only for names: RFC 6066 forbids IP literals there.
+            ssl.set_hostname(&sess.name).map_err(err)?;
+        }
+        if verify {
+            let p = ssl.param_mut();
+            match ip {
+                Some(ip) => p.set_ip(ip).map_err(err)?,
+                None => p.set_host(&sess.name).map_err(err)?,
+            }
+        }
+        let stream = SslStream::new(ssl, FdIo(fd)).map_err(err)?;
+        Ok(TlsStream { stream, pins: sess.pins, want_write: false, verify_result: 0 })
+    }
+
+    /// Advances the handshake; on completion checks the public-key pins.
+    pub fn handshake(&mut self) -> HandshakeStep {
+        match self.stream.connect() {
+            Ok(()) => {
+                if !self.pins.is_empty() && !self.pin_matches() {
+                    return HandshakeStep::Failed(PJ_WEBSOCK_ETLS_PIN);
+                }
+                HandshakeStep::Done
+            }
+            Err(e) => match e.code() {
+                ErrorCode::WANT_READ => HandshakeStep::Pending { want_write: false },
+                ErrorCode::WANT_WRITE => HandshakeStep::Pending { want_write: true },
+                _ => HandshakeStep::Failed(self.failure_status(&e)),
+            },
+        }
+    }
+
+    fn pin_matches(&self) -> bool {
+        let Some(cert) = self.stream.ssl().peer_certificate() else { return false };
+        let Ok(spki) = cert.public_key().and_then(|k| k.public_key_to_der()) else { return false };
+        let hash = openssl::sha::sha256(&spki);
+        self.pins.iter().any(|p| *p == hash)
+    }
+
+    fn failure_status(&mut self, e: &openssl::ssl::Error) -> pj_status_t {
+        let vr = self.stream.ssl().verify_result();
+        self.verify_result = vr.as_raw();
+        if vr != X509VerifyResult::OK {
+            return match vr.as_raw() {
+                // X509_V_ERR_HOSTNAME_MISMATCH, _EMAIL_MISMATCH, _IP_ADDRESS_MISMATCH
+                62..=64 => PJ_WEBSOCK_ETLS_NAME,
+                _ => PJ_WEBSOCK_ETLS_VERIFY,
+            };
+        }
+        if let Some(ioe) = e.io_error() {
+            if let Some(code) = ioe.raw_os_error() {
+                return from_os(code);
+            }
+        }
+        PJ_WEBSOCK_ETLS
+    }
+
+    /// The OpenSSL X509 verification result of the handshake (0 = OK).
+    pub fn verify_result(&self) -> i32 {
+        self.verify_result
+    }
+
+    /// Reads decrypted bytes. Ok(0) is the end of the stream.
+    pub fn read(&mut self, buf: &mut [u8]) -> Result<usize, TlsIoError> {
+        match self.stream.ssl_read(buf) {
+            Ok(n) => Ok(n),
+            Err(e) => Err(self.io_error(e)),
+        }
+    }
+
+    /// Writes plaintext; may accept only part of it.
+    pub fn write(&mut self, buf: &[u8]) -> Result<usize, TlsIoError> {
+        match self.stream.ssl_write(buf) {
+            Ok(n) => Ok(n),
+            Err(e) => Err(self.io_error(e)),
+        }
+    }
+
+    fn io_error(&mut self, e: openssl::ssl::Error) -> TlsIoError {
+        match e.code() {
+            ErrorCode::WANT_READ => TlsIoError::WouldBlock,
+            ErrorCode::WANT_WRITE => {
+                self.want_write = true;
+                TlsIoError::WouldBlock
+            }
+            ErrorCode::ZERO_RETURN => TlsIoError::Eof,
+            ErrorCode::SYSCALL if e.io_error().is_none() => TlsIoError::Eof,
+            _ => match e.io_error().and_then(|i| i.raw_os_error()) {
+                Some(c) if c == libc::EAGAIN => TlsIoError::WouldBlock,
+                Some(c) => TlsIoError::Failed(from_os(c)),
+                None => TlsIoError::Failed(PJ_WEBSOCK_ETLS),
+            },
+        }
+    }
+
+    /// Sends close_notify (best effort; the socket closes right after).
+    pub fn shutdown(&mut self) {
+        let _ = self.stream.shutdown();
+    }
+}
+
+/// A TLS read or write that did not transfer data.
+pub enum TlsIoError {
+    WouldBlock,
+    Eof,
+    Failed(pj_status_t),
+}
