@@ -765,6 +765,7 @@ impl Client {
         let link = g.link.take()?;
         self.release(ctx, link);
         g.state = pj_websock_readystate::PJ_WEBSOCK_STATE_CLOSED;
+        g.info.status = status;
         Some(Deliver::Connect(status))
     }
 

@@ -343,7 +343,7 @@ impl EventLoop {
             }
             // Round up so a timer never fires early.
             let d = t - now;
-            let ms = d.as_millis() + u128::from(d.as_nanos() % 1_000_000 != 0);
+            let ms = d.as_millis() + u128::from(!d.as_nanos().is_multiple_of(1_000_000));
             return ms.min(i32::MAX as u128) as i32;
         }
         -1

@@ -244,7 +244,7 @@ impl TlsStream {
         let Some(cert) = self.stream.ssl().peer_certificate() else { return false };
         let Ok(spki) = cert.public_key().and_then(|k| k.public_key_to_der()) else { return false };
         let hash = openssl::sha::sha256(&spki);
-        self.pins.iter().any(|p| *p == hash)
+        self.pins.contains(&hash)
     }
 
     fn failure_status(&mut self, e: &openssl::ssl::Error) -> pj_status_t {

@@ -80,6 +80,7 @@ fn worker() {
 
 /// Resolves `host` (blocking): every address, IPv6 and IPv4, in the order
 /// the system prefers.
+#[allow(clippy::result_unit_err)]
 pub fn lookup(host: &str, port: u16) -> Result<Vec<SocketAddr>, ()> {
     match (host, port).to_socket_addrs() {
         Ok(it) => {
