@@ -20,6 +20,8 @@ static pthread_cond_t g_wd_cv = PTHREAD_COND_INITIALIZER;
 static const char *g_wd_name;     /* case being run, NULL if none */
 static double g_wd_deadline;
 static int g_wd_started;
+static int g_wd_stop;
+static pthread_t g_wd_thread;
 static int g_case_timeout_s;
 
 static void vappend(t_case *tc, const char *fmt, va_list ap)
@@ -83,7 +85,7 @@ static void *watchdog_main(void *arg)
 {
     (void)arg;
     pthread_mutex_lock(&g_wd_mu);
-    for (;;) {
+    while (!g_wd_stop) {
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
         ts.tv_nsec += 200 * 1000000L;
@@ -101,6 +103,7 @@ static void *watchdog_main(void *arg)
             _exit(3);
         }
     }
+    pthread_mutex_unlock(&g_wd_mu);
     return NULL;
 }
 
@@ -113,13 +116,8 @@ void t_run(const char *name, t_fn fn, void *arg)
     if (!g_case_timeout_s)
         g_case_timeout_s = under_valgrind() ? 900 : 120;
     pthread_mutex_lock(&g_wd_mu);
-    if (!g_wd_started) {
-        pthread_t th;
-        if (pthread_create(&th, NULL, watchdog_main, NULL) == 0) {
-            pthread_detach(th);
-            g_wd_started = 1;
-        }
-    }
+    if (!g_wd_started && pthread_create(&g_wd_thread, NULL, watchdog_main, NULL) == 0)
+        g_wd_started = 1;
     g_wd_name = name;
     g_wd_deadline = now_ms() + g_case_timeout_s * 1000.0;
     pthread_mutex_unlock(&g_wd_mu);
@@ -171,6 +169,15 @@ void t_report_skip(const char *name, const char *why)
 
 int t_done(void)
 {
+    /* stop the watchdog (joined, so that valgrind sees no leftover thread) */
+    pthread_mutex_lock(&g_wd_mu);
+    g_wd_stop = 1;
+    pthread_cond_broadcast(&g_wd_cv);
+    int started = g_wd_started;
+    g_wd_started = 0;
+    pthread_mutex_unlock(&g_wd_mu);
+    if (started)
+        pthread_join(g_wd_thread, NULL);
     printf("# %d passed, %d failed, %d skipped\n", g_passed, g_failed, g_skipped);
     fflush(stdout);
     return g_failed ? 1 : 0;

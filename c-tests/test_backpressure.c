@@ -89,7 +89,7 @@ static void case_queue_64mib(t_case *tc, void *arg)
     pj_websock_param p;
     unsigned char *buf = NULL;
     size_t lens[N_BIG];
-    int pause_ms = under_valgrind() ? 40000 : 3000;
+    int pause_ms = under_valgrind() ? 15000 : 3000;
     tctx_init(&c);
     snprintf(path, sizeof(path), "/pause?ms=%d", pause_ms);
     if (!need_url(tc, url, sizeof(url), "WS_ECHO_URL", path))
@@ -183,7 +183,7 @@ static void case_ebusy(t_case *tc, void *arg)
     pj_websock_param p;
     unsigned char *buf = NULL;
     size_t lens[MAX_TRIES + 2];
-    int pause_ms = under_valgrind() ? 30000 : 2500;
+    int pause_ms = under_valgrind() ? 10000 : 2500;
     uint32_t n_ok = 0;
     pj_status_t rc = PJ_SUCCESS;
     tctx_init(&c);

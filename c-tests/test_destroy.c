@@ -350,8 +350,8 @@ static void case_cycles(t_case *tc, void *arg)
 {
     (void)arg;
     char url[512];
-    const int n = under_valgrind() ? 300 : 10000;
-    const int warmup = under_valgrind() ? 30 : 300;
+    const int n = under_valgrind() ? 1000 : 10000;
+    const int warmup = under_valgrind() ? 100 : 300;
     long rss0 = -1;
     int fds0 = -1;
     int n_open = 0, n_fail = 0;
@@ -451,7 +451,7 @@ int main(void)
         t_run(connecting_names[i], case_destroy_connecting, (void *)&connecting[i]);
     t_run("destroy without ever connecting", case_destroy_never_connected, NULL);
     t_run("destroy an instance from another instance's callback", case_destroy_other_from_callback, NULL);
-    t_run(under_valgrind() ? "300 create/connect/destroy cycles: live count 0, RSS and fds bounded"
+    t_run(under_valgrind() ? "1000 create/connect/destroy cycles: live count 0, RSS and fds bounded"
                            : "10000 create/connect/destroy cycles: live count 0, RSS and fds bounded",
           case_cycles, NULL);
     return t_done();

@@ -256,6 +256,11 @@ def run_process(argv, env, timeout, log_path):
     return proc.returncode, out, timed_out, time.monotonic() - t0
 
 
+def valgrind_argv(args, log_path):
+    supp = [SUPPRESSIONS] + [p.resolve() for p in args.suppressions]
+    return VALGRIND_ARGS + ["--suppressions=%s" % p for p in supp] + ["--log-file=%s" % log_path]
+
+
 def valgrind_summary(log_path: Path, max_lines=80):
     try:
         text = log_path.read_text(errors="replace")
@@ -284,7 +289,7 @@ def run_test_binary(path: Path, env, args, res: Results, logdir: Path, vg: bool,
     vg_log = None
     if vg:
         vg_log = logdir / ("%s.valgrind.log" % name)
-        argv = VALGRIND_ARGS + ["--suppressions=%s" % SUPPRESSIONS, "--log-file=%s" % vg_log] + argv
+        argv = valgrind_argv(args, vg_log) + argv
         env["PJWS_UNDER_VALGRIND"] = "1"
         timeout = args.vg_timeout
     rc, out, timed_out, secs = run_process(argv, env, timeout, log_path)
@@ -417,7 +422,7 @@ def run_examples(exdir: Path, env, args, res: Results, logdir: Path, tmpdir: Pat
         vg_log = None
         if vg:
             vg_log = logdir / ("%s.%d.valgrind.log" % (prog, labels.index(label)))
-            run_argv = VALGRIND_ARGS + ["--suppressions=%s" % SUPPRESSIONS, "--log-file=%s" % vg_log] + run_argv
+            run_argv = valgrind_argv(args, vg_log) + run_argv
             timeout = args.vg_timeout
         log_path = logdir / ("example.%s.%d%s.out" % (prog, labels.index(label), ".valgrind" if vg else ""))
         rc, out, timed_out, secs = run_process(run_argv, cenv, timeout, log_path)
@@ -456,6 +461,8 @@ def main():
     ap.add_argument("--timeout", type=int, default=300, help="per binary, native (s)")
     ap.add_argument("--vg-timeout", type=int, default=900, help="per binary, under valgrind (s)")
     ap.add_argument("--jobs", type=int, default=1, help="binaries run in parallel under valgrind")
+    ap.add_argument("--suppressions", action="append", default=[], type=Path,
+                    help="extra valgrind suppression file (repeatable), besides tests/valgrind.supp")
     ap.add_argument("--logdir", type=Path, default=None,
                     help="where outputs and server logs go (default: BINDIR/../test-logs)")
     ap.add_argument("-v", "--verbose", action="store_true")
