@@ -407,6 +407,16 @@ static void case_send_args_open(t_case *tc, void *arg)
     T_CHECK(tc, rc == PJ_EINVAL, "send(PING, 126 bytes): %s", st(rc));
     rc = pj_websock_send(c.ws, PJ_WEBSOCK_OP_PONG, buf, 126);
     T_CHECK(tc, rc == PJ_EINVAL, "send(PONG, 126 bytes): %s", st(rc));
+    static const char *bad_utf8[] = {
+        "\xff", "\xc3", "\xc0\xaf" /* overlong */, "\xed\xa0\x80" /* surrogate */,
+        "\xf4\x90\x80\x80" /* > U+10FFFF */, "ok\xe2\x82" /* truncated */,
+    };
+    for (size_t i = 0; i < sizeof(bad_utf8) / sizeof(bad_utf8[0]); ++i) {
+        rc = pj_websock_send(c.ws, PJ_WEBSOCK_OP_TEXT, bad_utf8[i], strlen(bad_utf8[i]));
+        T_CHECK(tc, rc == PJ_EINVAL, "send(TEXT, invalid UTF-8 #%zu): %s", i, st(rc));
+    }
+    rc = pj_websock_send(c.ws, PJ_WEBSOCK_OP_BIN, "\xff\xfe", 2);
+    T_CHECK(tc, rc == PJ_SUCCESS, "send(BIN, non-UTF-8 bytes): %s", st(rc));
     /* still open and working after all that */
     T_CHECK(tc, pj_websock_get_state(c.ws) == PJ_WEBSOCK_STATE_OPEN, "state %s",
             state_name(pj_websock_get_state(c.ws)));
@@ -416,16 +426,18 @@ static void case_send_args_open(t_case *tc, void *arg)
     T_CHECK(tc, rc == PJ_SUCCESS, "send(TEXT, NULL, 0): %s", st(rc));
     rc = pj_websock_send(c.ws, PJ_WEBSOCK_OP_TEXT, "after", 5);
     T_CHECK(tc, rc == PJ_SUCCESS, "send(TEXT 'after'): %s", st(rc));
-    T_REQUIRE(tc, tctx_wait_rx(&c, 2, tmo(5000)), "echoes not received (n_rx=%zu)", c.n_rx);
-    rx_msg m0, m1;
-    T_REQUIRE(tc, tctx_msg(&c, 0, &m0) && tctx_msg(&c, 1, &m1), "messages missing");
+    T_REQUIRE(tc, tctx_wait_rx(&c, 3, tmo(5000)), "echoes not received (n_rx=%zu)", c.n_rx);
+    rx_msg mb, m0, m1;
+    T_REQUIRE(tc, tctx_msg(&c, 0, &mb) && tctx_msg(&c, 1, &m0) && tctx_msg(&c, 2, &m1), "messages missing");
+    T_CHECK(tc, mb.opcode == PJ_WEBSOCK_OP_BIN && mb.len == 2 && memcmp(mb.data, "\xff\xfe", 2) == 0,
+            "binary echo op=%d len=%zu", mb.opcode, mb.len);
     T_CHECK(tc, m0.opcode == PJ_WEBSOCK_OP_TEXT && m0.len == 0, "first echo op=%d len=%zu (want empty TEXT)",
             m0.opcode, m0.len);
     T_CHECK(tc, m1.opcode == PJ_WEBSOCK_OP_TEXT && m1.len == 5 && memcmp(m1.data, "after", 5) == 0,
             "second echo op=%d len=%zu", m1.opcode, m1.len);
     T_CHECK(tc, c.n_bad_opcode == 0, "on_rx_msg got non-data opcodes (pong?)");
     sleep_ms(100);
-    T_CHECK(tc, c.n_rx == 2, "unexpected extra messages: %zu", c.n_rx);
+    T_CHECK(tc, c.n_rx == 3, "unexpected extra messages: %zu", c.n_rx);
     tctx_close_wait(tc, &c, 1000, NULL);
 out:
     if (c.ws)

@@ -170,9 +170,11 @@ typedef struct hs_case {
     const char *subprotocol;
     pj_status_t want;
     const char *want_name;
+    int http_status;     /* expected pj_websock_get_http_status(), 0: not checked */
 } hs_case;
 
-#define HS(var, path, sub, code) {var, path, sub, code, #code}
+#define HS(var, path, sub, code) {var, path, sub, code, #code, 0}
+#define HSS(var, path, code, http) {var, path, NULL, code, #code, http}
 
 static void case_handshake(t_case *tc, void *arg)
 {
@@ -190,6 +192,9 @@ static void case_handshake(t_case *tc, void *arg)
     T_REQUIRE(tc, dt >= 0, "connect failed");
     T_REQUIRE(tc, tctx_wait_connect(&c, tmo(5000)), "no on_connect within 5 s");
     T_CHECK(tc, c.connect_status == h->want, "status %s, want %s", st(c.connect_status), st(h->want));
+    if (h->http_status)
+        T_CHECK(tc, pj_websock_get_http_status(c.ws) == h->http_status, "http status %d, want %d",
+                pj_websock_get_http_status(c.ws), h->http_status);
     check_failed_connect(tc, &c, c.connect_status);
 out:
     finish(&c);
@@ -250,14 +255,46 @@ out:
     finish(&c);
 }
 
+/* The rejected response stays available: pj_websock_get_http_status() and
+ * pj_websock_get_http_response() (raw head, NUL-terminated, truncated). */
+static void case_http_response(t_case *tc, void *arg)
+{
+    (void)arg;
+    char url[512], head[4096], small[16];
+    tctx c;
+    tctx_init(&c);
+    if (!need_url(tc, url, sizeof(url), "WS_RAW_URL", "/hs-status-401"))
+        goto out;
+    T_CHECK(tc, pj_websock_get_http_status(NULL) == 0, "get_http_status(NULL)");
+    T_CHECK(tc, pj_websock_get_http_response(NULL, head, sizeof(head)) == -1, "get_http_response(NULL)");
+    T_REQUIRE(tc, start_connect(tc, &c, url, NULL) >= 0, "connect failed");
+    T_REQUIRE(tc, tctx_wait_connect(&c, tmo(5000)), "no on_connect");
+    T_CHECK(tc, c.connect_status == PJ_WEBSOCK_EHS_STATUS, "on_connect %s", st(c.connect_status));
+    T_CHECK(tc, pj_websock_get_http_status(c.ws) == 401, "http status %d, want 401",
+            pj_websock_get_http_status(c.ws));
+    memset(head, 'Z', sizeof(head));
+    pj_ssize_t n = pj_websock_get_http_response(c.ws, head, sizeof(head));
+    T_REQUIRE(tc, n > 0 && n < (pj_ssize_t)sizeof(head), "get_http_response returned %ld", (long)n);
+    T_CHECK(tc, head[n] == '\0' && (pj_ssize_t)strlen(head) == n, "response not NUL-terminated at %ld", (long)n);
+    T_CHECK(tc, strncmp(head, "HTTP/1.1 401 Unauthorized", 25) == 0, "response starts '%.30s'", head);
+    T_CHECK(tc, strstr(head, "WWW-Authenticate: Bearer") != NULL, "response lacks WWW-Authenticate: '%s'", head);
+    memset(small, 'Z', sizeof(small));
+    pj_ssize_t n2 = pj_websock_get_http_response(c.ws, small, 10);
+    T_CHECK(tc, n2 == n, "truncated call returned %ld, want the full length %ld", (long)n2, (long)n);
+    T_CHECK(tc, small[9] == '\0' && small[10] == 'Z' && strncmp(small, "HTTP/1.1 ", 9) == 0,
+            "truncated copy '%.9s' not NUL-terminated at 9", small);
+out:
+    finish(&c);
+}
+
 int main(void)
 {
     static const hs_case hs[] = {
-        HS("WS_RAW_URL", "/hs-status-401", NULL, PJ_WEBSOCK_EHS_STATUS),
-        HS("WS_RAW_URL", "/hs-status-200", NULL, PJ_WEBSOCK_EHS_STATUS),
-        HS("WS_RAW_URL", "/no-such-scenario", NULL, PJ_WEBSOCK_EHS_STATUS),
-        HS("WS_ECHO_URL", "/reject?status=403", NULL, PJ_WEBSOCK_EHS_STATUS),
-        HS("WS_ECHO_URL", "/stt", NULL, PJ_WEBSOCK_EHS_STATUS),
+        HSS("WS_RAW_URL", "/hs-status-401", PJ_WEBSOCK_EHS_STATUS, 401),
+        HSS("WS_RAW_URL", "/hs-status-200", PJ_WEBSOCK_EHS_STATUS, 200),
+        HSS("WS_RAW_URL", "/no-such-scenario", PJ_WEBSOCK_EHS_STATUS, 404),
+        HSS("WS_ECHO_URL", "/reject?status=403", PJ_WEBSOCK_EHS_STATUS, 403),
+        HSS("WS_ECHO_URL", "/stt", PJ_WEBSOCK_EHS_STATUS, 401),
         HS("WS_RAW_URL", "/hs-bad-accept", NULL, PJ_WEBSOCK_EHS_ACCEPT),
         HS("WS_RAW_URL", "/hs-no-accept", NULL, PJ_WEBSOCK_EHS_ACCEPT),
         HS("WS_RAW_URL", "/hs-no-upgrade", NULL, PJ_WEBSOCK_EHS_UPGRADE),
@@ -286,5 +323,6 @@ int main(void)
     t_run("close() while TCP connect pending -> on_connect(PJ_ECANCELLED)", case_cancel, (void *)&cancel_bh);
     t_run("close() while handshake pending -> on_connect(PJ_ECANCELLED)", case_cancel, (void *)&cancel_hs);
     t_run("close_info.status reports why the connect failed", case_close_info_after_failure, NULL);
+    t_run("get_http_status/get_http_response after a 401", case_http_response, NULL);
     return t_done();
 }

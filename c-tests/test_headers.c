@@ -75,6 +75,14 @@ static void case_info(t_case *tc, void *arg)
             "Sec-WebSocket-Key '%s' is not 16 bytes in base64", val);
     T_CHECK(tc, !info_header(json, "Sec-WebSocket-Extensions", 0, val, sizeof(val)),
             "client offered extensions '%s' it cannot support", val);
+    /* the client side knows the outcome too */
+    memset(val, 'Z', sizeof(val));
+    pj_ssize_t n = pj_websock_get_subprotocol(c.ws, val, sizeof(val));
+    T_CHECK(tc, n == 4 && strcmp(val, "chat") == 0, "get_subprotocol: %ld '%.10s'", (long)n, val);
+    n = pj_websock_get_subprotocol(c.ws, val, 3);
+    T_CHECK(tc, n == 4 && strcmp(val, "ch") == 0, "get_subprotocol truncated: %ld '%.10s'", (long)n, val);
+    T_CHECK(tc, pj_websock_get_subprotocol(NULL, val, sizeof(val)) == -1, "get_subprotocol(NULL)");
+    T_CHECK(tc, pj_websock_get_http_status(c.ws) == 101, "http status %d after open", pj_websock_get_http_status(c.ws));
     tctx_close_wait(tc, &c, 1000, NULL);
 out:
     if (c.ws)
@@ -99,6 +107,8 @@ static void case_no_subprotocol(t_case *tc, void *arg)
             "negotiated subprotocol '%s', want none", val);
     T_CHECK(tc, info_header(json, "Sec-WebSocket-Protocol", 0, val, sizeof(val)) && strcmp(val, "unknown-proto") == 0,
             "Sec-WebSocket-Protocol '%s'", val);
+    T_CHECK(tc, pj_websock_get_subprotocol(c.ws, val, sizeof(val)) == 0 && val[0] == '\0',
+            "get_subprotocol '%s' although none was selected", val);
     tctx_close_wait(tc, &c, 1000, NULL);
 out:
     if (c.ws)

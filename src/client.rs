@@ -1290,3 +1290,17 @@ fn _assert_send_sync() {
     fn f<T: Send + Sync>() {}
     f::<Client>();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Idle connections must stay small (the conns benchmark target is
+    /// 4 KiB resident per connection, all included).
+    #[test]
+    fn instance_is_small() {
+        let (c, i, l, k) = (size_of::<Client>(), size_of::<Inner>(), size_of::<Link>(), size_of::<Conn>());
+        println!("Client {c} (Inner {i}), Link {l}, Conn {k}");
+        assert!(c + l + k < 2048, "Client {c} + Link {l} + Conn {k}");
+    }
+}

@@ -344,8 +344,7 @@ def run_test_binary(path: Path, env, args, res: Results, logdir: Path, vg: bool,
         print("%-28s %4d passed %3d failed %3d skipped %8.1f s" % (label, n_ok, n_fail, n_skip, secs),
               flush=True)
         for l in lines:
-            if args.verbose or not l.startswith("    SKIPPED"):
-                print(l)
+            print(l)
         if vg and rc == VALGRIND_ERROR_EXIT:
             print(valgrind_summary(vg_log))
         if (problems or (n_fail and args.verbose)) and not vg:

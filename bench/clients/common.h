@@ -161,7 +161,7 @@ BENCH_UNUSED static uint64_t proc_cpu_ns(long pid)
     while ((e = readdir(d)) != NULL) {
         if (e->d_name[0] == '.')
             continue;
-        char p2[160];
+        char p2[320];
         snprintf(p2, sizeof p2, "/proc/%ld/task/%s/schedstat", pid, e->d_name);
         FILE *f = fopen(p2, "r");
         if (!f)
@@ -283,6 +283,22 @@ static inline void fill_msg(uint8_t *buf, uint64_t seq, size_t len, int text)
     const uint8_t *p = (text ? g_tpat : g_pat) + seq % 251;
     seq_bytes(buf, seq, text);
     memcpy(buf + 8, p + 8, len - 8);
+}
+
+/* Writes bytes [pos, pos+n) of message `seq` into buf. */
+static inline void fill_chunk(uint8_t *buf, uint64_t seq, size_t pos, size_t n, int text)
+{
+    if (pos < 8) {
+        uint8_t sb[8];
+        seq_bytes(sb, seq, text);
+        size_t k = 8 - pos < n ? 8 - pos : n;
+        memcpy(buf, sb + pos, k);
+        buf += k;
+        pos += k;
+        n -= k;
+    }
+    if (n)
+        memcpy(buf, (text ? g_tpat : g_pat) + seq % 251 + pos, n);
 }
 
 /* Checks `n` bytes at offset `pos` of message `seq` (total length len).
