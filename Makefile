@@ -46,9 +46,10 @@ lib: $(BUILD)/lib/$(SONAME)
 $(BUILD)/lib/$(SONAME): $(RUST_SRC)
 	$(CARGO) build --release --lib
 	mkdir -p $(BUILD)/lib
-	cp target/release/libpjwebsock.so $@
+	@# copy then rename: programs still running keep the old file intact
+	cp target/release/libpjwebsock.so $@.tmp && mv -f $@.tmp $@
 	ln -sf $(SONAME) $(BUILD)/lib/libpjwebsock.so
-	cp target/release/libpjwebsock.a $(BUILD)/lib/libpjwebsock.a
+	cp target/release/libpjwebsock.a $(BUILD)/lib/libpjwebsock.a.tmp && mv -f $(BUILD)/lib/libpjwebsock.a.tmp $(BUILD)/lib/libpjwebsock.a
 
 # ---- system and Python dependencies ------------------------------------
 

@@ -56,6 +56,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 SERVERS = HERE / "servers"
 SUPPRESSIONS = HERE / "valgrind.supp"
+OWN_RUNNER = {"test_tls", "test_conformance"}
 
 VALGRIND_ARGS = [
     "valgrind",
@@ -261,22 +262,39 @@ def valgrind_argv(args, log_path):
     return VALGRIND_ARGS + ["--suppressions=%s" % p for p in supp] + ["--log-file=%s" % log_path]
 
 
-def valgrind_summary(log_path: Path, max_lines=80):
+ERROR_HEADS = ("Invalid ", "Conditional jump", "Use of uninitialised", "Syscall param", "Mismatched free",
+               "Source and destination overlap", "Argument ", "Jump to the invalid", "Process terminating")
+
+
+def valgrind_summary(log_path: Path, frames=10, max_blocks=6):
+    """The error reports of a valgrind log, each cut to its first frames."""
     try:
         text = log_path.read_text(errors="replace")
     except OSError:
-        return "(no valgrind log)"
-    lines = [l for l in text.splitlines() if l.startswith("==")]
-    # keep the error reports and the summaries, drop the preamble
-    keep = []
-    for l in lines:
-        body = l.split("== ", 1)[-1] if "== " in l else ""
-        if body.startswith(("Memcheck", "Copyright", "Using Valgrind", "Command", "Parent PID")):
-            continue
-        keep.append(l)
-    if len(keep) > max_lines:
-        keep = keep[:max_lines] + ["... (%d more lines in %s)" % (len(keep) - max_lines, log_path)]
-    return "\n".join(keep)
+        return "    (no valgrind log)"
+    body = [re.sub(r"^==\d+== ?", "", l) for l in text.splitlines() if l.startswith("==")]
+    blocks, cur = [], []
+    for l in body + [""]:
+        if l.strip():
+            cur.append(l)
+        elif cur:
+            blocks.append(cur)
+            cur = []
+    out = []
+    shown = 0
+    for b in blocks:
+        head = b[0]
+        if head.startswith(ERROR_HEADS) or re.search(r"bytes in \d+ blocks are (definitely|indirectly|possibly)", head):
+            if shown < max_blocks:
+                out.extend("    | " + l for l in b[:frames + 1])
+                if len(b) > frames + 1:
+                    out.append("    |    ... (%d more frames)" % (len(b) - frames - 1))
+            shown += 1
+    if shown > max_blocks:
+        out.append("    | ... %d more error reports" % (shown - max_blocks))
+    out.extend("    | " + l for l in body if l.startswith("ERROR SUMMARY"))
+    out.append("    | full log: %s" % log_path)
+    return "\n".join(out)
 
 
 def run_test_binary(path: Path, env, args, res: Results, logdir: Path, vg: bool, out_lock):
@@ -478,8 +496,11 @@ def main():
 
     binaries = []
     if args.bindir.is_dir():
+        # test_tls and test_conformance need their own peers: they have
+        # their own runners (tests/tls/run.py, tests/conformance/run.py).
         binaries = sorted(p for p in args.bindir.iterdir()
-                          if p.name.startswith("test_") and p.is_file() and os.access(p, os.X_OK))
+                          if p.name.startswith("test_") and p.is_file() and os.access(p, os.X_OK)
+                          and p.name not in OWN_RUNNER)
     if args.only:
         binaries = [b for b in binaries if b.name in args.only or b.name.replace("test_", "") in args.only]
     run_ex = args.exdir is not None and (not args.only or any(

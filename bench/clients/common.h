@@ -200,6 +200,21 @@ BENCH_UNUSED static mem_snap mem_now(void)
     return m;
 }
 
+/* Number of threads of this process (/proc/self/status Threads:). */
+BENCH_UNUSED static long self_threads(void)
+{
+    long t = -1;
+    FILE *f = fopen("/proc/self/status", "r");
+    if (f) {
+        char line[256];
+        while (fgets(line, sizeof line, f))
+            if (!strncmp(line, "Threads:", 8))
+                t = atol(line + 8);
+        fclose(f);
+    }
+    return t;
+}
+
 /* Raises RLIMIT_NOFILE to its hard limit; returns the new soft limit. */
 BENCH_UNUSED static long raise_nofile(void)
 {

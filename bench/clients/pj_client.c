@@ -468,6 +468,7 @@ int main(int argc, char **argv)
         json_num("malloc_per_conn_after_echo_b", ((double)m2.heap_used - (double)m0.heap_used) / (double)n);
         json_num("rss_base_kb", (double)m0.rss_kb);
         json_num("vmdata_base_kb", (double)m0.data_kb);
+        json_num("threads", (double)self_threads());
         json_str("nodelay", nodelay_state());
         for (long i = 0; i <= n; i++)
             pj_websock_destroy(cs[i].ws);

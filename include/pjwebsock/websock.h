@@ -605,8 +605,10 @@ pj_status_t pj_websock_connect(struct pj_websock *ws,
  * Returns `PJ_SUCCESS`; `PJ_EINVAL` for NULL ws, another opcode, an
  * oversized control frame, invalid UTF-8 in TEXT, or NULL data with len >
  * 0; `PJ_EINVALIDOP` unless OPEN; `PJ_EBUSY` when the bytes still queued
- * already exceed the high-water mark (`pj_websock_set_max_buffered()`,
- * default 64 MiB), in which case nothing is queued.
+ * plus this message would exceed the high-water mark
+ * (`pj_websock_set_max_buffered()`, default 64 MiB), in which case nothing
+ * is queued (a message larger than the mark is accepted into an empty
+ * queue).
  */
 pj_status_t pj_websock_send(struct pj_websock *ws,
                             pj_websock_opcode opcode,
@@ -685,9 +687,10 @@ pj_status_t pj_websock_get_close_info(const struct pj_websock *ws,
 pj_size_t pj_websock_get_buffered_amount(const struct pj_websock *ws);
 
 /**
- * Sets the send-queue high-water mark in bytes (default 64 MiB): while
- * more than this is queued, `pj_websock_send()` returns `PJ_EBUSY`. A
- * single message larger than the mark is accepted into an empty queue.
+ * Sets the send-queue high-water mark in bytes (default 64 MiB):
+ * `pj_websock_send()` returns `PJ_EBUSY` rather than let the bytes queued
+ * exceed it. A single message larger than the mark is accepted into an
+ * empty queue.
  * Returns `PJ_EINVAL` for NULL or 0.
  */
 pj_status_t pj_websock_set_max_buffered(struct pj_websock *ws, pj_size_t bytes);

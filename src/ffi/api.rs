@@ -191,8 +191,10 @@ pub unsafe extern "C" fn pj_websock_connect(
 /// Returns `PJ_SUCCESS`; `PJ_EINVAL` for NULL ws, another opcode, an
 /// oversized control frame, invalid UTF-8 in TEXT, or NULL data with len >
 /// 0; `PJ_EINVALIDOP` unless OPEN; `PJ_EBUSY` when the bytes still queued
-/// already exceed the high-water mark (`pj_websock_set_max_buffered()`,
-/// default 64 MiB), in which case nothing is queued.
+/// plus this message would exceed the high-water mark
+/// (`pj_websock_set_max_buffered()`, default 64 MiB), in which case nothing
+/// is queued (a message larger than the mark is accepted into an empty
+/// queue).
 #[cfg(not(pjws_have_pj_websock))]
 #[no_mangle]
 pub unsafe extern "C" fn pj_websock_send(
@@ -349,9 +351,10 @@ pub unsafe extern "C" fn pj_websock_get_buffered_amount(ws: *const pj_websock) -
     })
 }
 
-/// Sets the send-queue high-water mark in bytes (default 64 MiB): while
-/// more than this is queued, `pj_websock_send()` returns `PJ_EBUSY`. A
-/// single message larger than the mark is accepted into an empty queue.
+/// Sets the send-queue high-water mark in bytes (default 64 MiB):
+/// `pj_websock_send()` returns `PJ_EBUSY` rather than let the bytes queued
+/// exceed it. A single message larger than the mark is accepted into an
+/// empty queue.
 /// Returns `PJ_EINVAL` for NULL or 0.
 #[no_mangle]
 pub unsafe extern "C" fn pj_websock_set_max_buffered(ws: *mut pj_websock, bytes: pj_size_t) -> pj_status_t {

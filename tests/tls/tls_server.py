@@ -8,7 +8,7 @@ with ephemeral ports; once all listen, one JSON line goes to stdout:
 
     {"valid": P, "wronghost": P, "expired": P, "selfsigned": P,
      "iponly": P, "iponly2": P or null, "mtls": P, "tls12": P, "tls13": P,
-     "plain": P, "raw": P, "stall": P}
+     "plain": P, "raw": P, "mtlsraw": P, "stall": P}
 
 websockets servers (one per TLS variant), each recording the SNI that
 every connection presented (ssl context sni_callback):
@@ -29,7 +29,8 @@ Paths on those:
   (others)    echo every message, same type, in order
 
 raw: a hand-written TLS WebSocket server (ssl.MemoryBIO, one thread per
-connection) with valid.pem, for what the websockets package cannot show:
+connection) with valid.pem, for what the websockets package cannot show
+(/sni as above, echo otherwise, and):
   /trickle    send a 100000-byte BIN message (pattern (i*7)%251) and the
               TEXT "trickle-done", writing the ciphertext to TCP in small
               pieces (1..4099 bytes) so that TLS records arrive split
@@ -40,12 +41,18 @@ connection) with valid.pem, for what the websockets package cannot show:
               arrived), "eof" (TCP FIN without close_notify: "EOF occurred
               in violation of protocol"), "reset" or "timeout". With
               server=1 the server starts the close handshake itself (close
-              1000 right away), answers the client's close frame with its
+              1000 "server bye" after echoing the first message), answers the client's close frame with its
               own close_notify + FIN, and then watches the same way.
               The verdict is stored under ID.
   /result?id=ID
               one text message: the verdict stored under ID ("pending" if
               none yet); then echo
+
+mtlsraw: the raw server with a client certificate REQUIRED (issued by
+ca.pem). Unlike asyncio (which closes the connection without flushing the
+alert), it sends OpenSSL's alert when it rejects the client (in TLS 1.3:
+certificate_required, after the client's handshake completed), then ends
+TCP gracefully (FIN, draining what the client still sends).
 
 stall: accepts TCP connections and never sends a byte (a TLS server that
 hangs in the handshake). Connections are closed when the client closes.
@@ -212,6 +219,38 @@ class RawTls:
                 self.flush()
                 if not self.fill(10):
                     raise PeerGone("EOF in handshake")
+            except ssl.SSLError:
+                # send the alert OpenSSL queued (e.g. certificate_required)
+                self.flush()
+                raise
+
+    def read_plain(self):
+        """Plaintext after the handshake; None when TLS fails (alert sent)."""
+        try:
+            return self.read(65536, 10)
+        except ssl.SSLError as e:
+            log.info("TLS failed after the handshake: %s", e)
+            self.flush()
+            return None
+
+    def linger(self, seconds=2.0):
+        """Graceful end after an alert: FIN, then drain what the client still
+        sends (so that closing does not turn into a RST that could overtake
+        the alert), until the client closes or `seconds` pass."""
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            return
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            r, _, _ = select.select([self.sock], [], [], max(0.0, deadline - time.monotonic()))
+            if not r:
+                break
+            try:
+                if not self.sock.recv(65536):
+                    break
+            except OSError:
+                break
 
     def write(self, data: bytes, chunked=False):
         self.obj.write(data)
@@ -324,7 +363,17 @@ class RawServer:
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         tls = RawTls(s, self.ctx)
         try:
-            tls.handshake()
+            try:
+                tls.handshake()
+            except ssl.SSLError as e:
+                # TLS 1.2: the client certificate is checked in the handshake
+                log.info("handshake failed: %s (alert sent)", e)
+                tls.linger()
+                return
+            # (TLS 1.3 with a client certificate required: the client's
+            # handshake completed before the server checked its certificate;
+            # the verdict comes with the first read below, and its alert is
+            # sent by the ssl.SSLError handler)
             rd = WsReader(tls)
             head = rd.request_head().decode("latin-1")
             lines = head.split("\r\n")
@@ -340,16 +389,24 @@ class RawServer:
             path, params = split_request(target)
             if path == "/trickle":
                 tls.write(ws_frame(2, pattern(100000)) + ws_frame(1, b"trickle-done"), chunked=True)
+            elif path == "/sni":
+                c = tls.obj.cipher()
+                info = {"sni": getattr(tls.obj, "pjws_sni", None), "version": tls.obj.version(),
+                        "cipher": c[0] if c else None, "peer_cn": peer_cn(tls.obj),
+                        "alpn": tls.obj.selected_alpn_protocol()}
+                tls.write(ws_frame(1, json.dumps(info).encode()))
             elif path == "/result":
                 with self.lock:
                     v = self.results.get(params.get("id"), "pending")
                 tls.write(ws_frame(1, v.encode()))
             cid = params.get("id") if path == "/closecheck" else None
             server_close = path == "/closecheck" and params.get("server") == "1"
-            if server_close:
-                tls.write(ws_frame(8, struct.pack(">H", 1000) + b"server bye"))
             self.echo(tls, rd, cid, server_close)
-        except (PeerGone, ssl.SSLError, OSError, TimeoutError) as e:
+        except ssl.SSLError as e:
+            log.info("raw connection: TLS failed: %r (alert sent)", e)
+            tls.flush()
+            tls.linger()
+        except (PeerGone, OSError, TimeoutError) as e:
             log.info("raw connection ended: %r", e)
         finally:
             try:
@@ -358,6 +415,7 @@ class RawServer:
                 pass
 
     def echo(self, tls: RawTls, rd: WsReader, cid, server_close):
+        close_sent = False
         while True:
             try:
                 fin, op, payload = rd.frame()
@@ -369,10 +427,14 @@ class RawServer:
                 return
             if op in (1, 2, 0):
                 tls.write(ws_frame(op, payload))
+                if server_close and not close_sent:
+                    # server-initiated close after the first echo
+                    tls.write(ws_frame(8, struct.pack(">H", 1000) + b"server bye"))
+                    close_sent = True
             elif op == 9:
                 tls.write(ws_frame(10, payload))
             elif op == 8:
-                if not server_close:
+                if not close_sent:
                     tls.write(ws_frame(8, payload[:2]))
                     # a well-behaved client now ends TLS (close_notify) and
                     # TCP; give it 1.5 s, then end ours and watch again
@@ -487,6 +549,8 @@ async def main_async(args):
     await start("plain", None)
     raw = RawServer(make_ctx(certs, "valid"))
     ports["raw"] = raw.port
+    mtls_raw = RawServer(make_ctx(certs, "valid", client_ca=ca))
+    ports["mtlsraw"] = mtls_raw.port
     stall = StallServer()
     ports["stall"] = stall.port
 

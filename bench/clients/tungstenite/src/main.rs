@@ -160,6 +160,13 @@ fn mem_now() -> Mem {
     m
 }
 
+fn self_threads() -> i64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Threads:")).and_then(|l| l[8..].trim().parse().ok()))
+        .unwrap_or(-1)
+}
+
 fn raise_nofile() -> i64 {
     // SAFETY: plain libc calls on a local struct.
     unsafe {
@@ -537,6 +544,7 @@ async fn conns(a: &Args, pat: &Pat, j: &mut Json) -> Res<()> {
     j.num("malloc_per_conn_after_echo_b", (m2.heap_used - m0.heap_used) / nf);
     j.num("rss_base_kb", m0.rss_kb as f64);
     j.num("vmdata_base_kb", m0.data_kb as f64);
+    j.num("threads", self_threads() as f64);
     j.str("nodelay", nodelay_state());
     drop(socks);
     drop(warm);

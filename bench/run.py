@@ -1,0 +1,829 @@
+#!/usr/bin/env python3
+"""Benchmark runner of libpjwebsock: runs every client against the same
+echo server, collects one JSON line per run, computes medians and ratios,
+counts instructions under callgrind, runs the criterion micro-benchmarks and
+writes bench/results/<stamp>.jsonl and bench/RESULTS.md.
+
+Python 3 standard library only. Normally started by bench/run.sh
+(`make bench`) or bench/smoke.sh (`make test`), which build everything
+first. See bench/README.md.
+
+  python3 bench/run.py                  # full suite, 5 interleaved repetitions
+  python3 bench/run.py --reps 3 --workloads stream,bulk-1MiB --no-micro
+  python3 bench/run.py --smoke          # tiny runs, verification only
+  python3 bench/run.py --report bench/results/X.jsonl   # redo RESULTS.md
+"""
+
+import argparse
+import datetime
+import glob
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+BENCH = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(BENCH)
+BUILD = os.path.join(BENCH, "build")
+RESULTS = os.path.join(BENCH, "results")
+
+PJ = "libpjwebsock"
+CLIENT_ORDER = [PJ, "tokio-tungstenite", "libwebsockets", "boost-beast"]
+
+
+def client_bins(profile):
+    tdir = os.path.join(BENCH, "target", profile)
+    return {
+        PJ: os.path.join(BUILD, "pj-client"),
+        "tokio-tungstenite": os.path.join(tdir, "tungstenite-client"),
+        "libwebsockets": os.path.join(BUILD, "lws-client"),
+        "boost-beast": os.path.join(BUILD, "beast-client"),
+    }
+
+
+def server_bin(profile):
+    return os.path.join(BENCH, "target", profile, "pjws-echo-server")
+
+
+# Metrics shown per workload: (json key, label, unit, higher_is_better).
+M_MSGS = ("msgs_per_s", "msgs/s", "", True)
+M_MB = ("mb_per_s", "MB/s", "", True)
+M_CPU = ("cpu_us_per_msg", "CPU µs/msg", "", False)
+M_RTT50 = ("rtt_median_us", "RTT median µs", "", False)
+M_RTT99 = ("rtt_p99_us", "RTT p99 µs", "", False)
+M_LAT50 = ("lat_median_us", "latency median µs", "", False)
+M_LAT99 = ("lat_p99_us", "latency p99 µs", "", False)
+M_CONN = ("connect_total_ms", "connect all ms", "", False)
+M_RSS = ("rss_per_conn_b", "VmRSS B/conn", "", False)
+M_DATA = ("vmdata_per_conn_b", "VmData B/conn", "", False)
+M_MALLOC = ("malloc_per_conn_b", "malloc B/conn", "", False)
+
+# Workloads: full-size arguments, the tiny smoke-test overrides, metrics.
+WORKLOADS = [
+    dict(name="pingpong", args=["--workload", "pingpong", "--n", "50000", "--warmup", "2000", "--size", "64"],
+         smoke=["--n", "300", "--warmup", "20"], metrics=[M_MSGS, M_RTT50, M_RTT99, M_CPU]),
+    dict(name="stream", args=["--workload", "stream", "--n", "200000", "--size", "640"],
+         smoke=["--n", "3000"], metrics=[M_MSGS, M_MB, M_CPU]),
+    dict(name="bulk-60KiB", args=["--workload", "bulk", "--n", "2000", "--size", "61440"],
+         smoke=["--n", "30"], metrics=[M_MB, M_CPU]),
+    dict(name="bulk-1MiB", args=["--workload", "bulk", "--n", "200", "--size", "1048576"],
+         smoke=["--n", "4"], metrics=[M_MB, M_CPU]),
+    dict(name="conns-1k", args=["--workload", "conns", "--n", "1000"],
+         smoke=["--n", "100"], metrics=[M_CONN, M_RSS, M_DATA, M_MALLOC]),
+    dict(name="conns-10k", args=["--workload", "conns", "--n", "10000"],
+         smoke=["--n", "300"], metrics=[M_CONN, M_RSS, M_DATA, M_MALLOC]),
+    dict(name="fanout", args=["--workload", "fanout", "--conns", "200", "--rate", "50", "--duration", "5"],
+         smoke=["--conns", "20", "--duration", "0.3"], metrics=[M_CPU, M_LAT50, M_LAT99]),
+    dict(name="wss-stream", tls=True, args=["--workload", "stream", "--n", "200000", "--size", "640"],
+         smoke=["--n", "2000"], metrics=[M_MSGS, M_MB, M_CPU]),
+    dict(name="wss-bulk-60KiB", tls=True, args=["--workload", "bulk", "--n", "2000", "--size", "61440"],
+         smoke=["--n", "20"], metrics=[M_MB, M_CPU]),
+    dict(name="wss-bulk-1MiB", tls=True, args=["--workload", "bulk", "--n", "200", "--size", "1048576"],
+         smoke=["--n", "3"], metrics=[M_MB, M_CPU]),
+]
+
+# Callgrind: the same workload at two sizes; (Ir(N2) - Ir(N1)) / (N2 - N1)
+# cancels start-up, connect and handshake.
+CALLGRIND = [
+    dict(name="pingpong", args=["--workload", "pingpong", "--warmup", "100", "--size", "64"], n=(2000, 10000),
+         smoke_n=(50, 150)),
+    dict(name="stream", args=["--workload", "stream", "--size", "640"], n=(10000, 50000), smoke_n=(200, 600)),
+]
+
+
+def merge_args(base, over):
+    """Overrides `--key value` pairs of `base` with those of `over`."""
+    out = list(base)
+    for i in range(0, len(over), 2):
+        k, v = over[i], over[i + 1]
+        if k in out:
+            out[out.index(k) + 1] = v
+        else:
+            out += [k, v]
+    return out
+
+
+def log(msg):
+    print(msg, flush=True)
+
+
+# ---- machine and version information ---------------------------------------
+
+def sh(cmd, default=""):
+    try:
+        return subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=30).stdout.strip()
+    except Exception:
+        return default
+
+
+def machine_info():
+    model = ""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemTotal"):
+                mem = "%.1f GiB" % (int(line.split()[1]) / 1048576)
+    except OSError:
+        pass
+    tt = ""
+    try:
+        lock = open(os.path.join(BENCH, "Cargo.lock")).read()
+        m = re.search(r'name = "tokio-tungstenite"\nversion = "([^"]+)"', lock)
+        tt = m.group(1) if m else ""
+    except OSError:
+        pass
+    dirty = sh("git -C %s status --porcelain -- src Cargo.toml build.rs include | head -1" % ROOT)
+    return {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "nproc": os.cpu_count(),
+        "affinity": sorted(os.sched_getaffinity(0)),
+        "cpu_model": model,
+        "mem_total": mem,
+        "kernel": platform.release(),
+        "lib_commit": sh("git -C %s rev-parse --short HEAD" % ROOT) + (" + uncommitted changes" if dirty else ""),
+        "rustc": sh("rustc --version"),
+        "gcc": sh("gcc --version | head -1"),
+        "libwebsockets": sh("pkg-config --modversion libwebsockets"),
+        "tokio_tungstenite": tt,
+        "boost": sh("grep -m1 'define BOOST_LIB_VERSION' /usr/include/boost/version.hpp | cut -d'\"' -f2"),
+        "valgrind": sh("valgrind --version"),
+    }
+
+
+# ---- echo server --------------------------------------------------------------
+
+class Server:
+    def __init__(self, binary, cpu, tls=None, logdir=BUILD):
+        self.binary, self.cpu, self.tls = binary, cpu, tls
+        self.logpath = os.path.join(logdir, "server-%s.log" % ("wss" if tls else "ws"))
+        self.proc = None
+        self.port = None
+        self.log_pos = 0
+
+    def start(self):
+        cmd = ([] if self.cpu is None else ["taskset", "-c", str(self.cpu)]) + [self.binary, "--listen", "127.0.0.1:0"]
+        if self.tls:
+            cmd += ["--tls", self.tls[0], self.tls[1]]
+        self.logf = open(self.logpath, "a")
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.logf, text=True)
+        line = self.proc.stdout.readline()
+        m = re.match(r"listening (\d+)", line or "")
+        if not m:
+            raise RuntimeError("echo server did not start: %r (see %s)" % (line, self.logpath))
+        self.port = int(m.group(1))
+        self.log_pos = os.path.getsize(self.logpath)
+        self.cmd = cmd
+
+    def ensure(self):
+        if self.proc is None or self.proc.poll() is not None:
+            if self.proc is not None:
+                log("  ! echo server exited (%s), restarting" % self.proc.returncode)
+            self.start()
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def cpu_s(self):
+        """utime + stime from /proc/PID/stat, in seconds."""
+        try:
+            data = open("/proc/%d/stat" % self.proc.pid).read()
+            f = data[data.rindex(")") + 2:].split()
+            return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
+            return float("nan")
+
+    def new_errors(self):
+        """Server log lines written since the last call."""
+        self.logf.flush()
+        try:
+            with open(self.logpath) as f:
+                f.seek(self.log_pos)
+                text = f.read()
+                self.log_pos = f.tell()
+        except OSError:
+            return []
+        return [l for l in text.splitlines() if l.strip()]
+
+    def url(self):
+        return "%s://127.0.0.1:%d/bench" % ("wss" if self.tls else "ws", self.port)
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def make_cert(dirpath):
+    """Self-signed EC certificate for 127.0.0.1 (IP and DNS SANs)."""
+    if not shutil.which("openssl"):
+        return None
+    os.makedirs(dirpath, exist_ok=True)
+    cert, key = os.path.join(dirpath, "cert.pem"), os.path.join(dirpath, "key.pem")
+    if not (os.path.exists(cert) and os.path.exists(key)):
+        r = subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+             "-keyout", key, "-out", cert, "-days", "3650", "-subj", "/CN=127.0.0.1",
+             "-addext", "subjectAltName=IP:127.0.0.1,DNS:127.0.0.1,DNS:localhost"],
+            capture_output=True, text=True)
+        if r.returncode != 0:
+            log("  ! openssl req failed: " + r.stderr.strip())
+            return None
+    return cert, key
+
+
+# ---- one client run -----------------------------------------------------------
+
+def parse_json_line(out):
+    for line in reversed(out.splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                return json.loads(line)
+            except ValueError:
+                pass
+    return None
+
+
+def run_client(client, binary, wl, args, server, cpu, timeout, cert, rep):
+    cmd = ([] if cpu is None else ["taskset", "-c", str(cpu)]) + [binary] + args
+    cmd += ["--url", server.url(), "--server-pid", str(server.pid)]
+    if wl.get("tls") and cert:
+        cmd += ["--ca", cert[0]]
+    server.new_errors()
+    s0 = server.cpu_s()
+    t0 = time.monotonic()
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        out, err, rc = p.stdout, p.stderr, p.returncode
+    except subprocess.TimeoutExpired as e:
+        out = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+        err, rc = "timed out after %ds" % timeout, -9
+    wall = time.monotonic() - t0
+    s1 = server.cpu_s()
+    rec = parse_json_line(out) or {}
+    rec.setdefault("client", client)
+    rec.update(kind="run", name=wl["name"], rep=rep, exit_code=rc, wall_s=round(wall, 3),
+               server_cpu_run_s=round(s1 - s0, 3),
+               cmd=" ".join(os.path.relpath(c, ROOT) if c.startswith(ROOT) else c for c in cmd))
+    errs = server.new_errors()
+    if errs:
+        rec["server_log"] = errs[:5]
+        if any("protocol error" in e for e in errs):
+            rec["ok"] = False
+            rec["error"] = (rec.get("error", "") + " server reported: " + errs[0]).strip()
+    if rc != 0 or not rec.get("ok"):
+        rec["ok"] = False
+        if "error" not in rec:
+            rec["error"] = ("exit code %d; stderr: %s" % (rc, err.strip()[-400:])).strip()
+    return rec
+
+
+# ---- callgrind ----------------------------------------------------------------
+
+def callgrind_total(path):
+    try:
+        for line in open(path):
+            if line.startswith("totals:") or line.startswith("summary:"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def run_callgrind(client, binary, cg, n1, n2, server, cpu, outdir, timeout):
+    irs = []
+    files = []
+    for n in (n1, n2):
+        f = os.path.join(outdir, "callgrind.%s.%s.%d.out" % (client, cg["name"], n))
+        cmd = ([] if cpu is None else ["taskset", "-c", str(cpu)])
+        cmd += ["valgrind", "--tool=callgrind", "--callgrind-out-file=" + f, binary]
+        cmd += merge_args(cg["args"], ["--n", str(n)]) + ["--url", server.url()]
+        try:
+            p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+            rec = parse_json_line(p.stdout) or {}
+            ok = p.returncode == 0 and rec.get("ok")
+            err = rec.get("error") or p.stderr.strip()[-300:]
+        except subprocess.TimeoutExpired:
+            ok, err = False, "timed out after %ds" % timeout
+        ir = callgrind_total(f) if ok else None
+        if ir is None:
+            return dict(kind="callgrind", client=client, name=cg["name"], ok=False,
+                        error="N=%d: %s" % (n, err), n1=n1, n2=n2)
+        irs.append(ir)
+        files.append(f)
+    return dict(kind="callgrind", client=client, name=cg["name"], ok=True, n1=n1, n2=n2, ir1=irs[0], ir2=irs[1],
+                ir_per_msg=round((irs[1] - irs[0]) / (n2 - n1), 1), out_file=os.path.relpath(files[1], ROOT))
+
+
+def callgrind_top(path, limit=20):
+    """Top functions by inclusive-of-nothing (self) Ir from callgrind_annotate."""
+    if not shutil.which("callgrind_annotate"):
+        return []
+    r = subprocess.run(["callgrind_annotate", "--threshold=99", path], capture_output=True, text=True)
+    rows = []
+    total = callgrind_total(path) or 1
+    for line in r.stdout.splitlines():
+        m = re.match(r"\s*([\d,]+)\s+\(\s*([\d.]+)%\)\s+(.*)$", line)
+        if not m:
+            continue
+        ir = int(m.group(1).replace(",", ""))
+        fn = m.group(3).strip()
+        if "PROGRAM TOTALS" in fn or ir >= total:
+            continue
+        fn = re.sub(r"\s*\[[^\]]*\]\s*$", "", fn)  # drop the [object file] suffix
+        rows.append((ir, fn))
+        if len(rows) >= limit:
+            break
+    return rows
+
+
+# ---- criterion micro-benchmarks ----------------------------------------------------
+
+def run_micro(smoke, cpu, timeout):
+    cmd = ["cargo", "bench", "--manifest-path", os.path.join(BENCH, "Cargo.toml"), "--bench", "micro"]
+    if smoke:
+        cmd += ["--profile", "smoke", "--", "--test"]
+    if cpu is not None:
+        cmd = ["taskset", "-c", str(cpu)] + cmd
+    t0 = time.monotonic()
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    recs = [dict(kind="micro_run", ok=p.returncode == 0, exit_code=p.returncode, wall_s=round(time.monotonic() - t0, 1),
+                 cmd=" ".join(cmd), **({} if p.returncode == 0 else {"error": (p.stderr or p.stdout)[-600:]}))]
+    if smoke or p.returncode != 0:
+        return recs
+    for bj in sorted(glob.glob(os.path.join(BENCH, "target", "criterion", "**", "new", "benchmark.json"), recursive=True)):
+        try:
+            b = json.load(open(bj))
+            e = json.load(open(os.path.join(os.path.dirname(bj), "estimates.json")))
+        except (OSError, ValueError):
+            continue
+        ns = e["median"]["point_estimate"]
+        lo = e["median"]["confidence_interval"]["lower_bound"]
+        hi = e["median"]["confidence_interval"]["upper_bound"]
+        rec = dict(kind="micro", ok=True, id=b.get("full_id") or b.get("title"), ns=ns, ns_lo=lo, ns_hi=hi)
+        tp = b.get("throughput") or {}
+        if "Bytes" in tp or "BytesDecimal" in tp:
+            nb = tp.get("Bytes") or tp.get("BytesDecimal")
+            rec["gib_per_s"] = nb / ns * 1e9 / 2**30
+        elif "Elements" in tp:
+            rec["m_per_s"] = tp["Elements"] / ns * 1e3
+        recs.append(rec)
+    return recs
+
+
+# ---- report -------------------------------------------------------------------
+
+def fmt(v):
+    if v is None or v != v:
+        return "–"
+    a = abs(v)
+    if a >= 1e6:
+        return "%.3gM" % (v / 1e6) if a < 1e8 else "%.0fM" % (v / 1e6)
+    if a >= 1e4:
+        return "%.0f" % v
+    if a >= 100:
+        return "%.0f" % v
+    if a >= 10:
+        return "%.1f" % v
+    if a >= 1:
+        return "%.2f" % v
+    return "%.3g" % v
+
+
+def stats(values):
+    vals = [v for v in values if v is not None and v == v]
+    if not vals:
+        return None
+    return statistics.median(vals), min(vals), max(vals), len(vals)
+
+
+def summarize(records):
+    """{(name, client): {metric: (median, min, max, n)}} over ok runs."""
+    groups = {}
+    for r in records:
+        if r.get("kind") != "run":
+            continue
+        groups.setdefault((r["name"], r["client"]), []).append(r)
+    out = {}
+    for key, runs in groups.items():
+        ok = [r for r in runs if r.get("ok") and not r.get("skipped")]
+        d = {"_runs": len(runs), "_ok": len(ok), "_skipped": [r["skipped"] for r in runs if r.get("skipped")],
+             "_failed": [r.get("error", "?") for r in runs if not r.get("ok")],
+             "_saturated": sum(1 for r in ok if r.get("server_saturated")),
+             "_server_busy": stats([r.get("server_busy") for r in ok])}
+        keys = set()
+        for r in ok:
+            keys.update(k for k, v in r.items() if isinstance(v, (int, float)) and not isinstance(v, bool))
+        for k in keys:
+            d[k] = stats([r.get(k) for r in ok])
+        out[key] = d
+    return out
+
+
+def clients_in(records):
+    seen = {r["client"] for r in records if r.get("kind") in ("run", "callgrind")}
+    return [c for c in CLIENT_ORDER if c in seen] + sorted(seen - set(CLIENT_ORDER))
+
+
+def best_peer(summ, name, key, higher, clients):
+    best = None
+    for c in clients:
+        if c == PJ:
+            continue
+        s = summ.get((name, c), {}).get(key)
+        if s and (best is None or (s[0] > best[0] if higher else s[0] < best[0])):
+            best = (s[0], c)
+    return best
+
+
+def write_report(records, info, path, jsonl_path, argv):
+    summ = summarize(records)
+    clients = clients_in(records)
+    peers = [c for c in clients if c != PJ]
+    names = []
+    for r in records:
+        if r.get("kind") == "run" and r["name"] not in names:
+            names.append(r["name"])
+    reps = max([r.get("rep", 0) for r in records if r.get("kind") == "run"] + [-1]) + 1
+    L = []
+    L.append("# libpjwebsock benchmark results\n")
+    L.append("Generated by `make bench` (`bash bench/run.sh` → `python3 bench/run.py`); "
+             "see bench/README.md for what each workload does. Regenerate this file from the raw data "
+             "with `python3 bench/run.py --report %s`.\n" % os.path.relpath(jsonl_path, ROOT))
+    L.append("| | |\n|---|---|")
+    L.append("| date | %s |" % info.get("date", ""))
+    L.append("| machine | %s CPUs (%s), %s, Linux %s |" % (info.get("nproc"), info.get("cpu_model"),
+                                                       info.get("mem_total"), info.get("kernel")))
+    L.append("| pinning | %s |" % info.get("pinning", ""))
+    L.append("| libpjwebsock | commit %s |" % info.get("lib_commit", ""))
+    L.append("| peers | tokio-tungstenite %s (crates.io), libwebsockets %s (Debian)%s |" % (
+        info.get("tokio_tungstenite"), info.get("libwebsockets"),
+        (", Boost.Beast %s (Debian)" % info["boost"]) if "boost-beast" in clients and info.get("boost") else ""))
+    L.append("| toolchain | %s; %s; %s |" % (info.get("rustc"), info.get("gcc"), info.get("valgrind")))
+    L.append("| command | `%s` |" % " ".join(argv))
+    L.append("| repetitions | %d, interleaved (client order rotates every repetition) |" % reps)
+    L.append("| raw data | `%s` |" % os.path.relpath(jsonl_path, ROOT))
+    L.append("")
+    L.append("Cells: median (min–max) over the repetitions. Ratio = peer ÷ libpjwebsock, medians "
+             "(for msgs/s and MB/s a ratio below 1 means libpjwebsock is faster; for CPU, latency "
+             "and memory a ratio above 1 means libpjwebsock uses less). Throughput = N ÷ (first "
+             "send → last verified echo). CPU = getrusage of the whole client process (all "
+             "threads) over that interval ÷ messages. MB/s counts payload bytes one way "
+             "(each byte also comes back). \"srv busy\" = the echo server's CPU time ÷ the interval "
+             "(max over repetitions; ≥ 0.9 is reported as saturated).\n")
+
+    def cell(s):
+        if not s:
+            return "–"
+        med, lo, hi, n = s
+        return "%s (%s–%s)" % (fmt(med), fmt(lo), fmt(hi)) if n > 1 else fmt(med)
+
+    wl_by_name = {w["name"]: w for w in WORKLOADS}
+    L.append("## Workloads\n")
+    hdr = "| workload | metric | " + " | ".join(clients) + " | " + " | ".join("%s ÷ pj" % p for p in peers) + " |"
+    L.append(hdr)
+    L.append("|" + "---|" * (2 + len(clients) + len(peers)))
+    notes = []
+    for name in names:
+        wl = wl_by_name.get(name, {"metrics": [M_MSGS, M_CPU]})
+        for (key, label, _u, _hb) in wl["metrics"]:
+            row = ["**%s**" % name, label]
+            for c in clients:
+                d = summ.get((name, c))
+                if not d:
+                    row.append("–")
+                elif d["_skipped"] and not d["_ok"]:
+                    row.append("skipped¹")
+                elif not d["_ok"]:
+                    row.append("FAILED")
+                else:
+                    row.append(cell(d.get(key)))
+            pj = summ.get((name, PJ), {}).get(key)
+            for p in peers:
+                ps = summ.get((name, p), {}).get(key)
+                row.append("%.2f" % (ps[0] / pj[0]) if ps and pj and pj[0] else "–")
+            L.append("| " + " | ".join(row) + " |")
+        srow = ["", "srv busy (max)"]
+        for c in clients:
+            d = summ.get((name, c))
+            sb = d and d.get("_server_busy")
+            srow.append(("%.2f" % sb[2] + (" ⚠ saturated" if d["_saturated"] else "")) if sb else "–")
+        L.append("| " + " | ".join(srow + [""] * len(peers)) + " |")
+        for c in clients:
+            d = summ.get((name, c))
+            if d and d["_failed"]:
+                notes.append("- %s / %s: %d of %d runs failed: %s" % (name, c, len(d["_failed"]), d["_runs"],
+                                                                    d["_failed"][0][:300]))
+            if d and d["_skipped"]:
+                notes.append("- ¹ %s / %s: %s" % (name, c, d["_skipped"][0]))
+    L.append("")
+    if notes:
+        L.append("Notes:\n")
+        L.extend(sorted(set(notes)))
+        L.append("")
+
+    # Callgrind
+    cgs = [r for r in records if r.get("kind") == "callgrind"]
+    cg_tab = {}
+    if cgs:
+        L.append("## Instructions per message (callgrind)\n")
+        L.append("`valgrind --tool=callgrind` on the whole client process (all threads, the library's event "
+                 "thread included), run twice: Ir/msg = (Ir(N2) − Ir(N1)) ÷ (N2 − N1), so start-up, "
+                 "connect and handshake cancel out. The echo server runs natively.\n")
+        L.append("| workload | N1 → N2 | " + " | ".join(clients) + " | " + " | ".join("%s ÷ pj" % p for p in peers) + " |")
+        L.append("|" + "---|" * (2 + len(clients) + len(peers)))
+        for cg in CALLGRIND:
+            rs = {r["client"]: r for r in cgs if r["name"] == cg["name"]}
+            if not rs:
+                continue
+            n12 = next(iter(rs.values()))
+            row = [cg["name"], "%s → %s" % (n12.get("n1"), n12.get("n2"))]
+            for c in clients:
+                r = rs.get(c)
+                row.append(("%.0f" % r["ir_per_msg"]) if r and r.get("ok") else ("FAILED" if r else "–"))
+                if r and r.get("ok"):
+                    cg_tab[(cg["name"], c)] = r["ir_per_msg"]
+            pj = cg_tab.get((cg["name"], PJ))
+            for p in peers:
+                v = cg_tab.get((cg["name"], p))
+                row.append("%.2f" % (v / pj) if v and pj else "–")
+            L.append("| " + " | ".join(row) + " |")
+        for r in cgs:
+            if not r.get("ok"):
+                L.append("\n- callgrind %s / %s failed: %s" % (r["name"], r["client"], r.get("error", "")[:300]))
+        L.append("")
+
+    # Targets
+    L.append("## Targets for libpjwebsock\n")
+    L.append("Informational: timing never fails a build. ✔ met, ✘ not met, ? not measured.\n")
+    L.append("| target | measured | |")
+    L.append("|---|---|---|")
+
+    def target(desc, measured, ok):
+        L.append("| %s | %s | %s |" % (desc, measured, "?" if ok is None else ("✔" if ok else "✘")))
+
+    def ratio_target(desc, name, key, higher, factor):
+        pj = summ.get((name, PJ), {}).get(key)
+        bp = best_peer(summ, name, key, higher, clients)
+        if not pj or not bp:
+            target(desc, "–", None)
+            return
+        r = pj[0] / bp[0] if bp[0] else float("nan")
+        ok = r >= factor if higher else r <= factor
+        target(desc, "%s vs %s (%s): %.2f×" % (fmt(pj[0]), fmt(bp[0]), bp[1], r), ok)
+
+    ratio_target("stream ≥ 1.5× best peer msgs/s", "stream", "msgs_per_s", True, 1.5)
+    v = cg_tab.get(("stream", PJ))
+    target("stream ≤ 2,000 instructions/msg", "%.0f" % v if v else "–", None if v is None else v <= 2000)
+    v = cg_tab.get(("pingpong", PJ))
+    target("pingpong ≤ 3,500 instructions/msg", "%.0f" % v if v else "–", None if v is None else v <= 3500)
+    ratio_target("bulk 1 MiB ≥ 1.3× best peer MB/s", "bulk-1MiB", "mb_per_s", True, 1.3)
+    ratio_target("bulk 60 KiB ≥ 1.3× best peer MB/s", "bulk-60KiB", "mb_per_s", True, 1.3)
+    for name in ("conns-10k", "conns-1k"):
+        d = summ.get((name, PJ))
+        if d and d.get("rss_per_conn_b"):
+            rss, vd = d["rss_per_conn_b"][0], d.get("vmdata_per_conn_b", (float("nan"),))[0]
+            ml = d.get("malloc_per_conn_b", (float("nan"),))[0]
+            target("%s: ≤ 4 KiB resident per idle connection" % name, "%.0f B" % rss, rss <= 4096)
+            target("%s: ≤ 8 KiB allocated per idle connection" % name,
+                   "VmData %.0f B, malloc %.0f B" % (vd, ml), vd <= 8192 and ml <= 8192)
+            thr = d.get("threads")
+            if name == "conns-10k":
+                target("10,000 concurrent connections on one event-loop thread",
+                       "%d connections verified, %s threads in the process" % (
+                           int(d.get("n", (0,))[0]), fmt(thr[0]) if thr else "?"),
+                       d["_ok"] > 0 if d else None)
+            break
+    ratio_target("fanout ≤ 0.6× best peer CPU per message", "fanout", "cpu_us_per_msg", False, 0.6)
+    d = summ.get(("wss-stream", PJ))
+    if d and d["_skipped"] and not d["_ok"]:
+        target("wss:// stream and bulk", d["_skipped"][0], None)
+    L.append("")
+
+    # Where the CPU goes
+    tops = [r for r in records if r.get("kind") == "callgrind_top"]
+    for t in tops:
+        L.append("## Where libpjwebsock's instructions go (%s, callgrind, N = %s)\n" % (t["name"], t.get("n")))
+        L.append("Self Ir per function for the whole `pj-client` process (`callgrind_annotate %s`). "
+                 "Per message = Ir ÷ N.\n" % t.get("file", ""))
+        L.append("| Ir | % of total | Ir/msg | function |")
+        L.append("|---|---|---|---|")
+        for ir, fn in t["rows"]:
+            L.append("| %s | %.1f | %.0f | `%s` |" % (format(ir, ","), 100.0 * ir / t["total"], ir / t["n"],
+                                                      fn.replace("|", "\\|")[:150]))
+        L.append("")
+
+    micro = [r for r in records if r.get("kind") == "micro"]
+    if micro:
+        L.append("## Micro-benchmarks (criterion, `cargo bench --manifest-path bench/Cargo.toml --bench micro`)\n")
+        L.append("| benchmark | median time | throughput |")
+        L.append("|---|---|---|")
+        for r in micro:
+            t = r["ns"]
+            ts = "%.3g ns" % t if t < 1e3 else ("%.3g µs" % (t / 1e3) if t < 1e6 else "%.3g ms" % (t / 1e6))
+            tp = ("%.2f GiB/s" % r["gib_per_s"]) if "gib_per_s" in r else (
+                ("%.0f M/s" % r["m_per_s"]) if "m_per_s" in r else "")
+            L.append("| %s | %s | %s |" % (r["id"], ts, tp))
+        L.append("")
+
+    L.append("## How each client works\n")
+    L.append("- **libpjwebsock** (`bench/clients/pj_client.c`): NULL pool/ioqueue/timer heap, so the library's "
+             "own epoll thread runs the callbacks; echoes are verified in `on_rx_msg`; pingpong sends the next "
+             "message from `on_rx_msg`; stream/bulk send from the main thread with `pj_websock_send()` as fast as "
+             "it accepts (on `PJ_EBUSY` sleep 200 µs and retry); fanout sends from the main thread on each "
+             "connection's 20 ms clock.")
+    L.append("- **tokio-tungstenite** (`bench/clients/tungstenite`): current-thread runtime, "
+             "`connect_async_tls_with_config(..., disable_nagle = true, ...)`; stream/bulk split the socket and "
+             "`feed()` every message then `flush()` once (tungstenite writes whenever its 128 KiB write buffer "
+             "fills) while the reader verifies; pingpong and fanout `send()` (feed + flush); fanout uses "
+             "`interval` + `select!` per connection.")
+    L.append("- **libwebsockets** (`bench/clients/lws_client.c`): one context serviced by the main thread, "
+             "one `lws_write()` per `CLIENT_WRITEABLE` callback, messages above the 64 KiB packet size sent as "
+             "fragments, `lws_sul` timers for fanout; 64 KiB rx buffer and 128 KiB service buffer for "
+             "stream/bulk, defaults otherwise.")
+    if "boost-beast" in clients:
+        L.append("- **Boost.Beast** (`bench/clients/beast_client.cpp`): one `io_context` on the main thread, "
+                 "`websocket::stream<tcp_stream>` with `async_write` / `async_read` into a `flat_buffer`, "
+                 "one write in flight at a time (Beast's rule), TCP_NODELAY set on the socket.")
+    L.append("- **Echo server** (`bench/server`): tokio current-thread, frame-level echo (each frame's "
+             "payload unmasked straight into the output, whole reads answered by one write), TCP_NODELAY, "
+             "backlog 8192, pinned to its own core; checks mask bit, RSV, opcodes, control frames and "
+             "fragmentation and logs violations, which fail the run.")
+    L.append("")
+    with open(path, "w") as f:
+        f.write("\n".join(L))
+
+
+# ---- main ---------------------------------------------------------------------
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--smoke", action="store_true", help="tiny runs, once each; exit 1 on any failure")
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--workloads", help="comma-separated subset of: " + ",".join(w["name"] for w in WORKLOADS))
+    ap.add_argument("--clients", help="comma-separated subset of: " + ",".join(CLIENT_ORDER))
+    ap.add_argument("--no-callgrind", action="store_true")
+    ap.add_argument("--no-micro", action="store_true")
+    ap.add_argument("--report", metavar="JSONL", help="only regenerate RESULTS.md from a results file")
+    ap.add_argument("--results-md", default=os.path.join(BENCH, "RESULTS.md"))
+    a = ap.parse_args()
+
+    if a.report:
+        records = [json.loads(l) for l in open(a.report) if l.strip()]
+        info = next((r for r in records if r.get("kind") == "info"), {})
+        write_report(records, info, a.results_md, a.report, info.get("argv", ["make", "bench"]))
+        log("wrote " + a.results_md)
+        return 0
+
+    profile = "smoke" if a.smoke else "release"
+    bins = client_bins(profile)
+    clients = [c for c in CLIENT_ORDER if os.path.exists(bins[c])]
+    if a.clients:
+        want = a.clients.split(",")
+        clients = [c for c in clients if c in want]
+    missing = [c for c in CLIENT_ORDER[:3] if c not in clients and (not a.clients or c in a.clients.split(","))]
+    workloads = WORKLOADS
+    if a.workloads:
+        want = a.workloads.split(",")
+        workloads = [w for w in WORKLOADS if w["name"] in want]
+    reps = 1 if a.smoke else a.reps
+
+    cpus = sorted(os.sched_getaffinity(0))
+    srv_cpu, cli_cpu = (cpus[0], cpus[1]) if len(cpus) >= 2 and shutil.which("taskset") else (None, None)
+    info = machine_info()
+    info["pinning"] = ("server on CPU %d, client on CPU %d (taskset)" % (srv_cpu, cli_cpu)
+                       if srv_cpu is not None else "none (fewer than 2 CPUs)")
+    info["argv"] = ["make", "bench"] if os.environ.get("PJWS_BENCH_VIA_MAKE") else [
+        "python3", "bench/run.py"] + sys.argv[1:]
+    info["kind"] = "info"
+
+    outdir = os.path.join(BUILD, "smoke") if a.smoke else RESULTS
+    os.makedirs(outdir, exist_ok=True)
+    os.makedirs(BUILD, exist_ok=True)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    jsonl = os.path.join(outdir, ("smoke-%s.jsonl" if a.smoke else "%s.jsonl") % stamp)
+    records = [info]
+    out = open(jsonl, "w")
+    out.write(json.dumps(info) + "\n")
+
+    def emit(rec):
+        records.append(rec)
+        out.write(json.dumps(rec) + "\n")
+        out.flush()
+
+    failures = []
+    for c in missing:
+        failures.append("%s: client binary missing (%s)" % (c, bins[c]))
+        log("! %s client not built (%s)" % (c, bins[c]))
+
+    cert = make_cert(os.path.join(BUILD, "tls"))
+    log("machine: %s CPUs, %s; pinning: %s" % (info["nproc"], info["cpu_model"], info["pinning"]))
+    log("clients: %s; results: %s" % (", ".join(clients), os.path.relpath(jsonl, ROOT)))
+    t_start = time.monotonic()
+    sbin = server_bin(profile)
+    servers = {False: Server(sbin, srv_cpu)}
+    if any(w.get("tls") for w in workloads):
+        if cert:
+            servers[True] = Server(sbin, srv_cpu, tls=cert)
+        else:
+            log("! no openssl: wss workloads skipped")
+            workloads = [w for w in workloads if not w.get("tls")]
+    try:
+        for s in servers.values():
+            s.start()
+        timeout = 90 if a.smoke else 600
+        for rep in range(reps):
+            order = clients[rep % len(clients):] + clients[:rep % len(clients)] if clients else []
+            for wl in workloads:
+                args = merge_args(wl["args"], wl["smoke"]) if a.smoke else wl["args"]
+                for c in order:
+                    srv = servers[bool(wl.get("tls"))]
+                    srv.ensure()
+                    rec = run_client(c, bins[c], wl, args, srv, cli_cpu, timeout, cert, rep)
+                    emit(rec)
+                    if rec.get("skipped"):
+                        status = "skipped: " + rec["skipped"]
+                    elif rec.get("ok"):
+                        keys = [m[0] for m in wl["metrics"]]
+                        status = "ok  " + "  ".join("%s=%s" % (k, fmt(rec.get(k))) for k in keys if k in rec)
+                        if rec.get("server_saturated"):
+                            status += "  (server saturated)"
+                    else:
+                        status = "FAILED: " + rec.get("error", "?")
+                        failures.append("%s / %s: %s" % (wl["name"], c, rec.get("error", "?")))
+                    log("[%d/%d] %-15s %-18s %s" % (rep + 1, reps, wl["name"], c, status))
+                    time.sleep(1.0 if "conns" in wl["name"] and not a.smoke else 0.2)
+
+        if not a.no_callgrind and shutil.which("valgrind"):
+            cg_dir = os.path.join(BUILD, "callgrind")
+            os.makedirs(cg_dir, exist_ok=True)
+            cg_clients = [PJ] if a.smoke else clients
+            for cg in CALLGRIND:
+                if a.workloads and cg["name"] not in a.workloads.split(","):
+                    continue
+                n1, n2 = cg["smoke_n"] if a.smoke else cg["n"]
+                for c in cg_clients:
+                    if c not in clients:
+                        continue
+                    servers[False].ensure()
+                    rec = run_callgrind(c, bins[c], cg, n1, n2, servers[False], cli_cpu, cg_dir,
+                                        300 if a.smoke else 1800)
+                    emit(rec)
+                    if rec["ok"]:
+                        log("callgrind %-9s %-18s %.0f Ir/msg" % (cg["name"], c, rec["ir_per_msg"]))
+                    else:
+                        log("callgrind %-9s %-18s FAILED: %s" % (cg["name"], c, rec["error"]))
+                        failures.append("callgrind %s / %s: %s" % (cg["name"], c, rec["error"]))
+                    if c == PJ and rec["ok"] and not a.smoke:
+                        f = os.path.join(ROOT, rec["out_file"])
+                        rows = callgrind_top(f)
+                        if rows:
+                            emit(dict(kind="callgrind_top", client=c, name=cg["name"], n=n2, total=rec["ir2"],
+                                      file=rec["out_file"], rows=rows))
+        elif not a.no_callgrind:
+            log("! valgrind not installed: no instruction counts")
+    finally:
+        for s in servers.values():
+            s.stop()
+
+    if not a.no_micro and (not a.workloads):
+        log("criterion micro-benchmarks%s ..." % (" (--test: each once)" if a.smoke else ""))
+        for rec in run_micro(a.smoke, cli_cpu, 600 if a.smoke else 1800):
+            emit(rec)
+            if rec["kind"] == "micro_run":
+                log("micro: %s (%.0f s)" % ("ok" if rec["ok"] else "FAILED", rec["wall_s"]))
+                if not rec["ok"]:
+                    failures.append("micro-benchmarks: " + rec.get("error", "")[-300:])
+    out.close()
+    elapsed = time.monotonic() - t_start
+    if not a.smoke:
+        write_report(records, info, a.results_md, jsonl, info["argv"])
+        log("wrote %s and %s" % (os.path.relpath(a.results_md, ROOT), os.path.relpath(jsonl, ROOT)))
+    log("runs took %.0f s" % elapsed)
+    if failures:
+        log("\n%d FAILURE(S):" % len(failures))
+        for f in failures:
+            log("  " + f)
+        return 1
+    log("all clients verified every echo")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
