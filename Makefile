@@ -132,7 +132,7 @@ test-c: venv c-tests examples
 	$(VENV)/bin/python tests/run_c_tests.py --bindir $(BUILD)/c-tests --exdir $(BUILD)/examples
 
 test-valgrind: venv c-tests examples
-	$(VENV)/bin/python tests/run_c_tests.py --bindir $(BUILD)/c-tests --exdir $(BUILD)/examples --valgrind
+	$(VENV)/bin/python tests/run_c_tests.py --bindir $(BUILD)/c-tests --exdir $(BUILD)/examples --valgrind-only
 
 # ---- demo --------------------------------------------------------------
 

@@ -21,6 +21,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -155,7 +156,7 @@ def machine_info():
         "lib_commit": sh("git -C %s rev-parse --short HEAD" % ROOT) + (" + uncommitted changes" if dirty else ""),
         "rustc": sh("rustc --version"),
         "gcc": sh("gcc --version | head -1"),
-        "libwebsockets": sh("pkg-config --modversion libwebsockets"),
+        "libwebsockets": sh("pkg-config --modversion libwebsockets").rstrip("-"),
         "tokio_tungstenite": tt,
         "boost": sh("grep -m1 'define BOOST_LIB_VERSION' /usr/include/boost/version.hpp | cut -d'\"' -f2"),
         "valgrind": sh("valgrind --version"),
@@ -260,6 +261,21 @@ def parse_json_line(out):
     return None
 
 
+def machine_busy_s():
+    """CPU-seconds all CPUs spent busy so far (/proc/stat)."""
+    try:
+        f = open("/proc/stat").readline().split()
+        v = [int(x) for x in f[1:9]]
+        return (v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
+def children_cpu_s():
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
 def run_client(client, binary, wl, args, server, cpu, timeout, cert, rep):
     cmd = ([] if cpu is None else ["taskset", "-c", str(cpu)]) + [binary] + args
     cmd += ["--url", server.url(), "--server-pid", str(server.pid)]
@@ -267,6 +283,7 @@ def run_client(client, binary, wl, args, server, cpu, timeout, cert, rep):
         cmd += ["--ca", cert[0]]
     server.new_errors()
     s0 = server.cpu_s()
+    m0, c0 = machine_busy_s(), children_cpu_s()
     t0 = time.monotonic()
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
@@ -276,10 +293,14 @@ def run_client(client, binary, wl, args, server, cpu, timeout, cert, rep):
         err, rc = "timed out after %ds" % timeout, -9
     wall = time.monotonic() - t0
     s1 = server.cpu_s()
+    m1, c1 = machine_busy_s(), children_cpu_s()
     rec = parse_json_line(out) or {}
     rec.setdefault("client", client)
+    # CPU the rest of the machine used meanwhile (other users' jobs), in CPUs.
+    others = ((m1 - m0) - (c1 - c0) - (s1 - s0)) / wall if wall > 0 else float("nan")
     rec.update(kind="run", name=wl["name"], rep=rep, exit_code=rc, wall_s=round(wall, 3),
-               server_cpu_run_s=round(s1 - s0, 3),
+               server_cpu_run_s=round(s1 - s0, 3), client_cpu_run_s=round(c1 - c0, 3),
+               others_cpus=round(max(others, 0.0), 2),
                cmd=" ".join(os.path.relpath(c, ROOT) if c.startswith(ROOT) else c for c in cmd))
     errs = server.new_errors()
     if errs:
@@ -680,6 +701,7 @@ def main():
     ap.add_argument("--clients", help="comma-separated subset of: " + ",".join(CLIENT_ORDER))
     ap.add_argument("--no-callgrind", action="store_true")
     ap.add_argument("--no-micro", action="store_true")
+    ap.add_argument("--no-pin", action="store_true", help="do not pin server and client to separate CPUs")
     ap.add_argument("--report", metavar="JSONL", help="only regenerate RESULTS.md from a results file")
     ap.add_argument("--results-md", default=os.path.join(BENCH, "RESULTS.md"))
     a = ap.parse_args()
@@ -705,10 +727,10 @@ def main():
     reps = 1 if a.smoke else a.reps
 
     cpus = sorted(os.sched_getaffinity(0))
-    srv_cpu, cli_cpu = (cpus[0], cpus[1]) if len(cpus) >= 2 and shutil.which("taskset") else (None, None)
+    srv_cpu, cli_cpu = (cpus[0], cpus[1]) if len(cpus) >= 2 and shutil.which("taskset") and not a.no_pin else (None, None)
     info = machine_info()
     info["pinning"] = ("server on CPU %d, client on CPU %d (taskset)" % (srv_cpu, cli_cpu)
-                       if srv_cpu is not None else "none (fewer than 2 CPUs)")
+                       if srv_cpu is not None else "none")
     info["argv"] = ["make", "bench"] if os.environ.get("PJWS_BENCH_VIA_MAKE") else [
         "python3", "bench/run.py"] + sys.argv[1:]
     info["kind"] = "info"

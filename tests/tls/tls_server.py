@@ -434,9 +434,16 @@ class RawServer:
             elif op == 9:
                 tls.write(ws_frame(10, payload))
             elif op == 8:
+                if cid is None:
+                    # an ordinary server: answer, end TLS and TCP
+                    if not close_sent:
+                        tls.write(ws_frame(8, payload[:2]))
+                    self.send_notify(tls)
+                    tls.linger()
+                    return
                 if not close_sent:
                     tls.write(ws_frame(8, payload[:2]))
-                    # a well-behaved client now ends TLS (close_notify) and
+                    # the client may now end TLS (close_notify) and
                     # TCP; give it 1.5 s, then end ours and watch again
                     v = self.watch_end(tls, rd, 1.5)
                     if v == "timeout":
