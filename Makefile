@@ -36,7 +36,7 @@ CTESTS   := $(patsubst c-tests/%.c,$(BUILD)/c-tests/%,$(CTEST_SRC))
 EXAMPLE_SRC := $(wildcard examples-c/*.c)
 EXAMPLES := $(patsubst examples-c/%.c,$(BUILD)/examples/%,$(EXAMPLE_SRC))
 
-.PHONY: all lib demo test test-rust test-c test-valgrind check-header header \
+.PHONY: all lib demo test test-rust test-c test-valgrind test-tls check-header header \
         c-tests examples deps venv install uninstall clean check-symbols
 
 all: lib
@@ -124,6 +124,7 @@ test: deps
 	@bash tests/stage.sh "venv" $(MAKE) --no-print-directory venv
 	@bash tests/stage.sh "c tests" $(MAKE) --no-print-directory test-c
 	@bash tests/stage.sh "c tests under valgrind" $(MAKE) --no-print-directory test-valgrind
+	@bash tests/stage.sh "tls tests" $(MAKE) --no-print-directory test-tls
 
 test-rust:
 	$(CARGO) test --release --lib -q
@@ -133,6 +134,10 @@ test-c: venv c-tests examples
 
 test-valgrind: venv c-tests examples
 	$(VENV)/bin/python tests/run_c_tests.py --bindir $(BUILD)/c-tests --exdir $(BUILD)/examples --valgrind-only
+
+# wss://: throwaway PKI, TLS peers, natively and under valgrind.
+test-tls: venv c-tests
+	$(VENV)/bin/python tests/tls/run.py --bin $(BUILD)/c-tests/test_tls --both
 
 # ---- demo --------------------------------------------------------------
 

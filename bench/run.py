@@ -377,7 +377,8 @@ def callgrind_top(path, limit=20):
 # ---- criterion micro-benchmarks ----------------------------------------------------
 
 def run_micro(smoke, cpu, timeout):
-    cmd = ["cargo", "bench", "--manifest-path", os.path.join(BENCH, "Cargo.toml"), "--bench", "micro"]
+    cmd = ["cargo", "bench", "--manifest-path", os.path.join(BENCH, "Cargo.toml"), "-p", "pjws-echo-server",
+           "-p", "pjws-tungstenite-client", "-p", "pjwebsock-bench", "--bench", "micro"]
     if smoke:
         cmd += ["--profile", "smoke", "--", "--test"]
     if cpu is not None:

@@ -20,11 +20,12 @@ use crate::ffi::types::*;
 use crate::net::evloop::{self, EventLoop, Handler, LoopCtx, TimerId, Token};
 use crate::net::sock::Socket;
 use crate::net::tls::{self, HandshakeStep, TlsConfig, TlsIoError, TlsSession, TlsStream};
+use crate::net::txqueue::{TxQueue, MAX_IOV};
 use crate::net::worker;
 use crate::net::url::WsUrl;
 use crate::proto::close;
 use crate::proto::conn::{Conn, Event, Payload};
-use crate::proto::frame::OpCode;
+use crate::proto::frame::{OpCode, MAX_HEADER_LEN};
 use crate::proto::handshake::{Handshake, HandshakeError};
 use crate::status::*;
 
@@ -36,10 +37,14 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_MAX_BUFFERED: usize = 64 * 1024 * 1024;
 
-/// Above this, an empty send queue gives its memory back.
-const TX_KEEP_CAPACITY: usize = 64 * 1024;
 /// Reads per readiness event before other connections get their turn.
 const READS_PER_EVENT: usize = 4;
+/// Sends closer together than this are a burst and get coalesced.
+const BURST_GAP: Duration = Duration::from_micros(50);
+/// A burst is written once this much is queued...
+const COALESCE_BYTES: usize = 32 * 1024;
+/// ...or at the latest this long after its first unwritten message.
+const COALESCE_DELAY: Duration = Duration::from_micros(200);
 
 const EV_IN: u32 = (libc::EPOLLIN | libc::EPOLLRDHUP) as u32;
 const EV_OUT: u32 = libc::EPOLLOUT as u32;
@@ -123,15 +128,19 @@ struct Link {
     hs: Option<Handshake>,
     request: Vec<u8>,
     conn: Option<Box<Conn>>,
-    tx: Vec<u8>,
-    tx_head: usize,
+    tx: TxQueue,
     out_armed: bool,
     /// A write on an API thread failed; the loop finishes the connection.
     write_err: Option<pj_status_t>,
+    /// The protocol engine queued a reply (pong, close) to write.
+    reply_pending: bool,
     cancel: bool,
     connect_deadline: Option<Instant>,
     addr_deadline: Option<Instant>,
     close_deadline: Option<Instant>,
+    /// When coalesced sends must be written at the latest.
+    flush_deadline: Option<Instant>,
+    last_send: Option<Instant>,
     next_ping: Option<Instant>,
     ping_sent_at: Option<Instant>,
     last_rx: Instant,
@@ -235,14 +244,16 @@ impl Link {
             hs: Some(hs),
             request,
             conn: None,
-            tx: Vec::new(),
-            tx_head: 0,
+            tx: TxQueue::default(),
             out_armed: false,
             write_err: None,
+            reply_pending: false,
             cancel: false,
             connect_deadline: Some(deadline),
             addr_deadline: None,
             close_deadline: None,
+            flush_deadline: None,
+            last_send: None,
             next_ping: None,
             ping_sent_at: None,
             last_rx: Instant::now(),
@@ -252,11 +263,18 @@ impl Link {
     }
 
     fn buffered(&self) -> usize {
-        self.tx.len() - self.tx_head
+        self.tx.len()
     }
 
     fn earliest_deadline(&self) -> Option<Instant> {
-        [self.connect_deadline, self.addr_deadline, self.tls_deadline, self.close_deadline, self.next_ping]
+        [
+            self.connect_deadline,
+            self.addr_deadline,
+            self.tls_deadline,
+            self.close_deadline,
+            self.flush_deadline,
+            self.next_ping,
+        ]
             .into_iter()
             .flatten()
             .min()
@@ -284,18 +302,22 @@ impl Link {
         }
     }
 
-    fn io_write(&mut self, buf: &[u8]) -> Io {
+    /// Writes from the front of the send queue: several chunks at once
+    /// over TCP, the front chunk through TLS.
+    fn write_some(&mut self) -> Io {
         let Some((sock, _)) = self.sock.as_ref() else { return Io::Eof };
         if let Some(t) = self.tls.as_mut() {
-            return match t.write(buf) {
+            return match t.write(self.tx.front()) {
                 Ok(n) => Io::Done(n),
                 Err(TlsIoError::WouldBlock) => Io::WouldBlock,
                 Err(TlsIoError::Eof) => Io::Failed(PJ_EEOF),
                 Err(TlsIoError::Failed(s)) => Io::Failed(s),
             };
         }
+        let mut iov = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; MAX_IOV];
+        let n = self.tx.iovecs(&mut iov);
         loop {
-            return match sock.write(buf) {
+            return match sock.writev(&iov[..n]) {
                 Ok(n) => Io::Done(n),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Io::WouldBlock,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -311,32 +333,18 @@ impl Link {
         if self.sock.is_none() {
             return Ok(());
         }
-        while self.tx_head < self.tx.len() {
-            let head = self.tx_head;
-            // Split borrow: the queue is read while the transport writes.
-            let tx = std::mem::take(&mut self.tx);
-            let r = self.io_write(&tx[head..]);
-            self.tx = tx;
-            match r {
-                Io::Done(n) => self.tx_head += n,
+        while !self.tx.is_empty() {
+            match self.write_some() {
+                Io::Done(n) => self.tx.consume(n),
                 Io::WouldBlock => break,
                 Io::Eof => return Err(PJ_EEOF),
                 Io::Failed(e) => return Err(e),
             }
         }
         let Some((sock, token)) = self.sock.as_ref() else { return Ok(()) };
-        let pending = self.tx_head < self.tx.len();
+        let pending = !self.tx.is_empty();
         if !pending {
-            self.tx_head = 0;
-            if self.tx.capacity() > TX_KEEP_CAPACITY {
-                self.tx = Vec::new();
-            } else {
-                self.tx.clear();
-            }
-        } else if self.tx_head >= TX_KEEP_CAPACITY && self.tx_head * 2 >= self.tx.len() {
-            // Reclaim the sent prefix so the queue does not grow forever.
-            self.tx.drain(..self.tx_head);
-            self.tx_head = 0;
+            self.flush_deadline = None;
         }
         // TLS may need the socket writable to make progress on a read.
         let pending = pending || self.tls.as_ref().is_some_and(|t| t.want_write);
@@ -518,7 +526,7 @@ impl Client {
         PJ_SUCCESS
     }
 
-    pub fn send(&self, op: OpCode, data: &[u8]) -> pj_status_t {
+    pub fn send(self: &Arc<Self>, op: OpCode, data: &[u8]) -> pj_status_t {
         let mut g = lock(&self.inner);
         if g.state != pj_websock_readystate::PJ_WEBSOCK_STATE_OPEN {
             return PJ_EINVALIDOP;
@@ -533,13 +541,23 @@ impl Client {
         if buffered > 0 && buffered.saturating_add(data.len()) > max {
             return PJ_EBUSY;
         }
-        conn.send_frame(op, data, mask(), &mut link.tx);
-        if !link.out_armed && link.write_err.is_none() {
-            if let Some(lp) = evloop::try_get() {
-                if let Err(e) = link.flush(lp) {
-                    self.defer_write_error(lp, link, e);
-                }
+        link.tx.append_with(data.len() + MAX_HEADER_LEN, |b| conn.send_frame(op, data, mask(), b));
+        let now = Instant::now();
+        // A send right after another is part of a burst: coalesce it with
+        // the next ones into one write instead of a syscall per message.
+        let burst = link.last_send.is_some_and(|t| now.saturating_duration_since(t) < BURST_GAP);
+        link.last_send = Some(now);
+        if link.out_armed || link.write_err.is_some() {
+            return PJ_SUCCESS; // the loop drains the queue when writable
+        }
+        let Some(lp) = evloop::try_get() else { return PJ_SUCCESS };
+        if !burst || link.buffered() >= COALESCE_BYTES {
+            if let Err(e) = link.flush(lp) {
+                self.defer_write_error(lp, link, e);
             }
+        } else if link.flush_deadline.is_none() {
+            link.flush_deadline = Some(now + COALESCE_DELAY);
+            self.rearm(lp, link);
         }
         PJ_SUCCESS
     }
@@ -581,7 +599,8 @@ impl Client {
         g.info.code_sent = code;
         let Some(link) = g.link.as_mut() else { return PJ_EINVALIDOP };
         let Some(conn) = link.conn.as_mut() else { return PJ_EINVALIDOP };
-        conn.send_close(if code == 0 { None } else { Some(code) }, reason, mask(), &mut link.tx);
+        let code = if code == 0 { None } else { Some(code) };
+        link.tx.append_with(2 + reason.len() + MAX_HEADER_LEN, |b| conn.send_close(code, reason, mask(), b));
         link.phase = Phase::Closing;
         link.next_ping = None;
         link.close_deadline = Some(Instant::now() + close_timeout);
@@ -853,8 +872,8 @@ impl Client {
         let link = g.link.as_mut()?;
         link.phase = Phase::Handshaking;
         link.out_armed = false;
-        link.tx = std::mem::take(&mut link.request);
-        link.tx_head = 0;
+        let request = std::mem::take(&mut link.request);
+        link.tx.push(&request);
         if let Some((sock, token)) = link.sock.as_ref() {
             let _ = lp.modify(sock.fd(), *token, EV_IN);
         }
@@ -901,7 +920,12 @@ impl Client {
             }
             Phase::Open | Phase::Closing => {
                 let Some(conn) = link.conn.as_mut() else { return (input.len(), None) };
-                let (used, ev) = conn.feed(input, &mut link.tx, &mut mask);
+                let (used, ev) = conn.feed(input, &mut ctx.scratch, &mut mask);
+                if !ctx.scratch.is_empty() {
+                    link.tx.push(&ctx.scratch);
+                    ctx.scratch.clear();
+                    link.reply_pending = true;
+                }
                 let Some(ev) = ev else { return (used, None) };
                 match ev {
                     Event::Message { opcode, data } => (used, Some(Deliver::Message(opcode, data))),
@@ -1013,8 +1037,7 @@ impl Client {
             let n = match link.io_read(&mut buf) {
                 Io::Done(n) => n,
                 Io::WouldBlock => {
-                    // TLS may have queued a write (or want one): keep going.
-                    let d = self.flush_locked(ctx, &mut g);
+                    let d = self.flush_after_read(ctx, &mut g);
                     drop(g);
                     self.deliver_all(d);
                     break;
@@ -1039,12 +1062,15 @@ impl Client {
                 pos += used;
                 if let Some(d) = d {
                     // Replies (pong, close echo) go out before the callback.
-                    self.flush_locked(ctx, &mut g);
+                    let failed = self.flush_replies(ctx, &mut g);
                     drop(g);
-                    let ended = matches!(d, Deliver::Close(..)) || matches!(d, Deliver::Connect(s) if s != PJ_SUCCESS);
+                    let ended = failed.is_some()
+                        || matches!(d, Deliver::Close(..))
+                        || matches!(d, Deliver::Connect(s) if s != PJ_SUCCESS);
                     if let Some(v) = self.deliver(d) {
                         recycled = Some(v);
                     }
+                    self.deliver_all(failed);
                     if ended || self.is_destroyed() {
                         break 'reads;
                     }
@@ -1057,7 +1083,7 @@ impl Client {
                     break;
                 }
             }
-            let d = self.flush_locked(ctx, &mut g);
+            let d = self.flush_after_read(ctx, &mut g);
             if d.is_some() {
                 drop(g);
                 self.deliver_all(d);
@@ -1073,8 +1099,28 @@ impl Client {
         ctx.rx_buf = buf;
     }
 
-    /// Flushes replies queued by the protocol engine; a failed write ends
-    /// the connection.
+    /// Writes what the protocol engine queued (pong, close echo) if
+    /// anything; a failed write ends the connection.
+    fn flush_replies(&self, ctx: &mut LoopCtx, g: &mut Inner) -> Option<Deliver<'static>> {
+        let link = g.link.as_mut()?;
+        if !std::mem::take(&mut link.reply_pending) {
+            return None;
+        }
+        self.flush_locked(ctx, g)
+    }
+
+    /// After a read batch: replies, and sends coalesced by the application
+    /// that are waiting for their flush deadline, leave in one write.
+    fn flush_after_read(&self, ctx: &mut LoopCtx, g: &mut Inner) -> Option<Deliver<'static>> {
+        let link = g.link.as_mut()?;
+        let waiting = link.flush_deadline.is_some() && !link.out_armed;
+        if !std::mem::take(&mut link.reply_pending) && !waiting {
+            return None;
+        }
+        self.flush_locked(ctx, g)
+    }
+
+    /// Flushes the send queue; a failed write ends the connection.
     fn flush_locked(&self, ctx: &mut LoopCtx, g: &mut Inner) -> Option<Deliver<'static>> {
         let lp = ctx.event_loop();
         let link = g.link.as_mut()?;
@@ -1121,6 +1167,18 @@ impl Client {
         link.timer = None;
         let now = Instant::now();
         let due = |t: Option<Instant>| t.is_some_and(|t| t <= now);
+        if due(link.flush_deadline) {
+            link.flush_deadline = None;
+            if !link.out_armed && link.write_err.is_none() {
+                if let Err(e) = link.flush(lp) {
+                    let d = self.transport_failed(ctx, &mut g, e);
+                    drop(g);
+                    self.deliver_all(d);
+                    return;
+                }
+            }
+        }
+        let Some(link) = g.link.as_mut() else { return };
         let d = if due(link.connect_deadline) && !matches!(link.phase, Phase::Open | Phase::Closing) {
             self.fail_connect(ctx, &mut g, PJ_WEBSOCK_ECONNECTTIMEOUT)
         } else if due(link.tls_deadline) && link.phase == Phase::TlsHandshaking {
@@ -1141,8 +1199,16 @@ impl Client {
                 g.info.status = PJ_WEBSOCK_EPINGTIMEOUT;
                 self.finish(ctx, &mut g, Some(pj_websock_close_initiator::PJ_WEBSOCK_CLOSE_TIMEOUT), PJ_WEBSOCK_EPINGTIMEOUT)
             } else {
+                // A connection quiet for a whole interval gives its buffers
+                // back; they grow again with the traffic.
+                if link.buffered() == 0 && link.last_send.is_none_or(|t| now - t >= Duration::from_secs(1)) {
+                    link.tx.trim();
+                    if let Some(conn) = link.conn.as_mut() {
+                        conn.shrink();
+                    }
+                }
                 if let Some(conn) = link.conn.as_mut() {
-                    conn.send_frame(OpCode::Ping, &[], mask(), &mut link.tx);
+                    link.tx.append_with(MAX_HEADER_LEN, |b| conn.send_frame(OpCode::Ping, &[], mask(), b));
                 }
                 link.ping_sent_at = Some(now);
                 link.next_ping = ping.map(|d| now + d);

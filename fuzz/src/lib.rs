@@ -365,6 +365,8 @@ fn model(s: &[u8], max: usize, local_close: Option<usize>) -> (Vec<(Ev, usize)>,
     let mut msg_op: Option<u8> = None;
     let mut msg: Vec<u8> = Vec::new();
     let mut ping_payloads: Vec<Vec<u8>> = Vec::new();
+    // Length of the prefix of msg known to be complete, valid UTF-8.
+    let mut valid = 0;
     let reserved = |op: u8| matches!(op, 3..=7 | 11..=15);
     let control = |op: u8| op & 8 != 0;
     'frames: loop {
@@ -448,15 +450,22 @@ fn model(s: &[u8], max: usize, local_close: Option<usize>) -> (Vec<(Ev, usize)>,
         if op != 0 {
             msg_op = Some(op);
             msg.clear();
+            valid = 0;
         }
         let take = avail.min(plen) as usize;
         let before = msg.len();
         msg.extend_from_slice(&s[ps..ps + take]);
         if msg_op == Some(1) {
-            if let Some(k) = utf8_proof(&msg) {
-                evs.push((Ev::Error(close::INVALID_DATA), ps + (k - before) + 1));
+            // msg[..valid] ends at a character boundary: check the rest.
+            let tail = &msg[valid..];
+            if let Some(k) = utf8_proof(tail) {
+                evs.push((Ev::Error(close::INVALID_DATA), ps + (valid + k - before) + 1));
                 break;
             }
+            valid += match std::str::from_utf8(tail) {
+                Ok(_) => tail.len(),
+                Err(e) => e.valid_up_to(),
+            };
         }
         if (take as u64) < plen {
             break;
@@ -670,5 +679,52 @@ pub fn utf8_stream(data: &[u8]) {
     assert_eq!(failed_at, proof, "validator vs std on {bytes:02x?}");
     if proof.is_none() {
         assert_eq!(v.is_complete(), std::str::from_utf8(bytes).is_ok());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(s: &[u8], max: usize, local_close: Option<usize>) -> Vec<(Ev, usize)> {
+        model(s, max, local_close).0
+    }
+
+    /// The reference model itself, on hand-checked inputs.
+    #[test]
+    fn model_basics() {
+        assert_eq!(ev(b"\x81\x05Hello", 100, None), vec![(Ev::Msg(1, b"Hello".to_vec()), 7)]);
+        // Reserved bit: proven by the first byte.
+        assert_eq!(ev(b"\xc1", 100, None), vec![(Ev::Error(1002), 1)]);
+        // Masked: proven by the second byte.
+        assert_eq!(ev(b"\x81\x85", 100, None), vec![(Ev::Error(1002), 2)]);
+        // Invalid UTF-8 in an incomplete frame: proven by the bad byte.
+        let mut s = vec![0x81, 126, 0, 200];
+        s.extend_from_slice(&[b'a'; 20]);
+        s.push(0xFF);
+        assert_eq!(ev(&s, 1000, None), vec![(Ev::Error(1007), 25)]);
+        // Surrogate split across fragments: proven at its second byte.
+        assert_eq!(ev(b"\x01\x01\xed\x00\x01\xa0", 100, None), vec![(Ev::Error(1007), 6)]);
+        // Too big: proven by the length byte.
+        assert_eq!(ev(b"\x82\x05", 4, None), vec![(Ev::Error(1009), 2)]);
+        // Ping after a local close: no pong; close echo only when not sent.
+        let (e, out) = model(b"\x89\x01a\x88\x02\x03\xe8", 100, Some(0));
+        assert_eq!(e, vec![(Ev::Ping, 3), (Ev::Close(1000, String::new()), 7)]);
+        assert_eq!(out, vec![(8, close_body(1000, b"bye"))]);
+        let (_, out) = model(b"\x89\x01a\x88\x02\x03\xe8", 100, None);
+        assert_eq!(out, vec![(10, b"a".to_vec()), (8, vec![3, 0xe8])]);
+        // Nothing after the peer's close.
+        assert_eq!(ev(b"\x88\x00\x81\x01a", 100, None), vec![(Ev::Close(1005, String::new()), 2)]);
+    }
+
+    #[test]
+    fn utf8_proof_positions() {
+        assert_eq!(utf8_proof(b"abc"), None);
+        assert_eq!(utf8_proof(b"ab\xe2\x82"), None);
+        assert_eq!(utf8_proof(b"\x80"), Some(0));
+        assert_eq!(utf8_proof(b"a\xe0\x80"), Some(2));
+        assert_eq!(utf8_proof(b"\xf4\x90"), Some(1));
+        assert_eq!(utf8_proof(b"\xe2\x82A"), Some(2));
+        assert_eq!(utf8_proof(b"\xc0"), Some(0));
     }
 }

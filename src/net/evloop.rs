@@ -105,6 +105,8 @@ pub struct LoopCtx {
     graveyard: Vec<Arc<dyn Handler>>,
     /// Receive buffer shared by all connections (taken while in use).
     pub rx_buf: Vec<u8>,
+    /// Scratch space for replies the protocol engine writes.
+    pub scratch: Vec<u8>,
 }
 
 /// The process-wide event loop.
@@ -238,7 +240,7 @@ impl EventLoop {
         // SAFETY: pthread_self has no preconditions.
         self.thread.store(unsafe { libc::pthread_self() } as usize, Ordering::Relaxed);
         crate::pjlib::register_thread();
-        let mut ctx = LoopCtx { lp: self, slots: Vec::new(), free: Vec::new(), graveyard: Vec::new(), rx_buf: vec![0; RX_BUF_SIZE] };
+        let mut ctx = LoopCtx { lp: self, slots: Vec::new(), free: Vec::new(), graveyard: Vec::new(), rx_buf: vec![0; RX_BUF_SIZE], scratch: Vec::new() };
         let mut events: Vec<libc::epoll_event> = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
         loop {
             let timeout = self.next_timeout();

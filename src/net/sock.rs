@@ -124,6 +124,21 @@ impl Socket {
         }
     }
 
+    /// Gathers several buffers into one write, without SIGPIPE.
+    pub fn writev(&self, iov: &[libc::iovec]) -> io::Result<usize> {
+        // SAFETY: msghdr is plain data; all-zero is a valid empty header.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
+        msg.msg_iovlen = iov.len() as _;
+        // SAFETY: the iovecs point to live buffers for the whole call.
+        let r = unsafe { libc::sendmsg(self.fd, &msg, libc::MSG_NOSIGNAL) };
+        if r < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(r as usize)
+        }
+    }
+
     /// Half-closes the sending side (after our last frame).
     pub fn shutdown_write(&self) {
         // SAFETY: plain syscall on our fd.

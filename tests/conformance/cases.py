@@ -410,6 +410,12 @@ fail_case("frame-rsv1-continuation", "frame.rsv", "fragmented TEXT whose continu
 fail_case("frame-rsv-after-message", "frame.rsv",
           "a valid TEXT 'ok', then a TEXT with RSV1: 'ok' delivered, then 1002",
           text("ok") + frame(TEXT, "x", rsv=4), msgs=[T("ok")])
+case("frame-rsv-then-flood", ["frame.rsv", "close.tcp-order"],
+     "TEXT with RSV1, then 300 KB of valid frames, pings and a close before the server's FIN: "
+     "all ignored after the 1002 (no pong, no echo, nothing delivered)",
+     [Send(frame(TEXT, "x", rsv=4) + b"".join(text(pattern_text(1000)) + frame(PING, "p") for _ in range(300))
+           + close_frame(1000)),
+      Expect("close", code=1002), Quiet(GRACE_MS), CloseTCP()], failed(1002))
 fail_case("frame-rsv1-header-only", "frame.rsv",
           "only the first byte of a TEXT header with RSV1 (fails without the rest)", bytes([0xC1]))
 
@@ -660,9 +666,10 @@ for cp in ("é", "€", "𝄞"):
         ok_case("utf8-split-%dbyte-at-%d" % (len(enc), k), "utf8.split",
                 "U+%04X split %d|%d across fragments" % (ord(cp), k, len(enc) - k),
                 text(b"<" + enc[:k], fin=False) + cont(enc[k:] + b">"), [T(b"<" + enc + b">")])
-ok_case("utf8-split-4byte-1-1-1-1", "utf8.split", "U+1D11E in 4 one-byte fragments",
-        text(b"\xf0", fin=False) + cont(b"\x9d", fin=False) + cont(b"\xc4", fin=False)
-        + cont(b"\x9e"), [T("\U0001d11e")])
+G_CLEF = "\U0001d11e".encode()
+ok_case("utf8-split-4byte-1-1-1-1", "utf8.split", "U+1D11E (f0 9d 84 9e) in 4 one-byte fragments",
+        text(G_CLEF[0:1], fin=False) + cont(G_CLEF[1:2], fin=False) + cont(G_CLEF[2:3], fin=False)
+        + cont(G_CLEF[3:4]), [T(G_CLEF)])
 ok_case("utf8-split-with-empty-fragments", ["utf8.split", "frag.empty"], "'€' split by empty fragments",
         text(b"\xe2", fin=False) + cont(b"", fin=False) + cont(b"\x82", fin=False) + cont(b"", fin=False)
         + cont(b"\xac"), [T("€")])
@@ -848,6 +855,11 @@ for status, line, extra, contains in [
          rejected("PJ_WEBSOCK_EHS_STATUS", http_status=status, http_contains=contains),
          hs=HS(status=line, upgrade=None, connection=None, accept=None,
                extra=extra + [("Content-Length", str(len(body)))], body=body, rejected=True))
+case("hs-status-rejected-101", ["hs.status", "hs.accept"],
+     "a 101 rejected for its wrong Sec-WebSocket-Accept: pj_websock_get_http_status() gives 101 "
+     "(a response did arrive) and the head is available",
+     REJECT_EOF, rejected("PJ_WEBSOCK_EHS_ACCEPT", http_status=101, http_contains=[HEAD101, b"Sec-WebSocket-Accept: x"]),
+     hs=HS(accept="x", rejected=True))
 case("hs-status-101-http10", ["hs.status", "hs.bounded"], "'HTTP/1.0 101' -> EHS_MALFORMED",
      REJECT_EOF, rejected("PJ_WEBSOCK_EHS_MALFORMED"),
      hs=HS(status="HTTP/1.0 101 Switching Protocols", rejected=True))
@@ -912,9 +924,14 @@ for name, ext in [("permessage-deflate", "permessage-deflate"),
          rejected("PJ_WEBSOCK_EHS_EXTENSION", http_contains=[b"Sec-WebSocket-Extensions: " + ext.encode()]),
          hs=HS(extensions=ext, rejected=True))
 
-case("hs-split-1-byte", "hs.split", "the 101 response one byte per write, then a TEXT",
-     [Send(text("after a slow handshake"))] + peer_close(1000),
-     peer_closed(1000, msgs=[T("after a slow handshake")]), hs=HS(chunk=1, delay_ms=1), slow=True)
+case("hs-split-1-byte", "hs.split", "the 101 response and a TEXT one byte per write",
+     peer_close(1000), peer_closed(1000, msgs=[T("after a slow handshake")]),
+     hs=HS(chunk=1, delay_ms=1, body=text("after a slow handshake")), slow=True)
+case("hs-header-names-any-case", ["hs.upgrade", "hs.connection", "hs.accept"],
+     "header names in lower and upper case, values with extra blanks, an empty reason phrase",
+     peer_close(1000), peer_closed(1000),
+     hs=HS(status="HTTP/1.1 101 ", upgrade=None, connection=None, accept=None,
+           extra=[("UPGRADE", "  websocket  "), ("connection", "Upgrade "), ("SEC-WEBSOCKET-ACCEPT", "auto")]))
 case("hs-split-with-frames", "hs.split", "the 101 response, a TEXT and a ping in one write",
      [Expect("pong", b"early")] + peer_close(1000), peer_closed(1000, msgs=[T("early text")]),
      hs=HS(body=text("early text") + frame(PING, "early")))

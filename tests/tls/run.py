@@ -180,8 +180,6 @@ def run_pass(binary: Path, env, vg: bool, args, logdir: Path, counts):
             else:
                 counts["skipped"] += 1
             print(line, flush=True)
-        elif line.startswith("# memory") or line.startswith("#   ") and args.verbose:
-            print(line, flush=True)
         elif line.startswith("# memory") or args.verbose:
             print(line, flush=True)
 
