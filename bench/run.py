@@ -39,11 +39,12 @@ CLIENT_ORDER = [PJ, "tokio-tungstenite", "libwebsockets", "boost-beast"]
 
 def client_bins(profile):
     tdir = os.path.join(BENCH, "target", profile)
+    cdir = os.path.join(BUILD, "smoke-bin" if profile == "smoke" else "bin")
     return {
-        PJ: os.path.join(BUILD, "pj-client"),
+        PJ: os.path.join(cdir, "pj-client"),
         "tokio-tungstenite": os.path.join(tdir, "tungstenite-client"),
-        "libwebsockets": os.path.join(BUILD, "lws-client"),
-        "boost-beast": os.path.join(BUILD, "beast-client"),
+        "libwebsockets": os.path.join(cdir, "lws-client"),
+        "boost-beast": os.path.join(cdir, "beast-client"),
     }
 
 
@@ -166,9 +167,9 @@ def machine_info():
 # ---- echo server --------------------------------------------------------------
 
 class Server:
-    def __init__(self, binary, cpu, tls=None, logdir=BUILD):
-        self.binary, self.cpu, self.tls = binary, cpu, tls
-        self.logpath = os.path.join(logdir, "server-%s.log" % ("wss" if tls else "ws"))
+    def __init__(self, binary, cpu, tls=None, logdir=BUILD, extra=()):
+        self.binary, self.cpu, self.tls, self.extra = binary, cpu, tls, list(extra)
+        self.logpath = os.path.join(logdir, "server-%s%s.log" % ("wss" if tls else "ws", "-x" if extra else ""))
         self.proc = None
         self.port = None
         self.log_pos = 0
@@ -177,6 +178,7 @@ class Server:
         cmd = ([] if self.cpu is None else ["taskset", "-c", str(self.cpu)]) + [self.binary, "--listen", "127.0.0.1:0"]
         if self.tls:
             cmd += ["--tls", self.tls[0], self.tls[1]]
+        cmd += self.extra
         self.logf = open(self.logpath, "a")
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.logf, text=True)
         line = self.proc.stdout.readline()
@@ -821,6 +823,27 @@ def main():
                                       file=rec["out_file"], rows=rows))
         elif not a.no_callgrind:
             log("! valgrind not installed: no instruction counts")
+
+        if a.smoke:
+            # Self-test of the verification: against a server that corrupts
+            # one byte of every 50th frame, every client must fail.
+            bad = Server(sbin, srv_cpu, extra=["--corrupt", "50"])
+            bad.start()
+            try:
+                for c in clients:
+                    for wl in [w for w in WORKLOADS if w["name"] in ("stream", "bulk-60KiB")]:
+                        rec = run_client(c, bins[c], wl, merge_args(wl["args"], wl["smoke"]), bad, cli_cpu, 60, cert,
+                                         0)
+                        caught = not rec.get("ok") and "echo" in rec.get("error", "")
+                        emit(dict(kind="selftest", client=c, name=wl["name"], ok=caught,
+                                  error=rec.get("error", "") if caught else "corrupted echo NOT detected: " +
+                                  json.dumps(rec)[:300]))
+                        log("self-test %-15s %-18s %s" % (wl["name"], c, "corruption detected" if caught else
+                                                          "FAILED: corruption not detected"))
+                        if not caught:
+                            failures.append("self-test %s / %s: corrupted echo not detected" % (wl["name"], c))
+            finally:
+                bad.stop()
     finally:
         for s in servers.values():
             s.stop()

@@ -7,6 +7,6 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 start=$(date +%s)
 bash "$here/deps.sh" smoke
-make -C "$here" smoke-build NO_BEAST=${NO_BEAST:-0}
+make -C "$here" -j2 smoke-build NO_BEAST=${NO_BEAST:-0}
 python3 "$here/run.py" --smoke "$@"
 echo "bench/smoke.sh: passed in $(( $(date +%s) - start )) s"

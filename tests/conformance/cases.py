@@ -979,6 +979,25 @@ case("read-small-writes-failure", ["read.small-writes", "close.invalid-codes"],
 
 
 # ---------------------------------------------------------------------------
+# Library deviations found by the suite (the cases fail until src/ is fixed;
+# remove the entry with the fix). Listed in docs/CONFORMANCE.md.
+
+KNOWN_ISSUES = {
+    "close-failure-server-silent":
+        "After the client fails the connection (1002/1007/1009) and the server neither answers nor "
+        "closes TCP, the close-timeout path overwrites the failure: on_close(0) instead of the code "
+        "sent, close_info.initiator PJ_WEBSOCK_CLOSE_TIMEOUT instead of PJ_WEBSOCK_CLOSE_PROTOCOL and "
+        "status PJ_WEBSOCK_ECLOSETIMEOUT instead of PJ_WEBSOCK_EPROTOCOL (src/client.rs handle_timer). "
+        "When the server does close TCP the same failure is reported as PROTOCOL/EPROTOCOL/1002.",
+    "hs-status-rejected-101":
+        "pj_websock_get_http_status() returns 0 after a 101 response rejected for its headers "
+        "(bad accept, upgrade, connection, subprotocol, extension), although a response arrived "
+        "(the header documents 0 only for 'none arrived'); only non-101 statuses are recorded "
+        "(src/client.rs process(): http_status is set for HandshakeError::BadStatus only). "
+        "pj_websock_get_http_response() does return the head.",
+}
+
+# ---------------------------------------------------------------------------
 # Static checks
 
 HS_REJECTION_CLASSES = {
@@ -993,6 +1012,9 @@ def check_matrix():
     expecting on_close, rejection classes sharing a status. Returns a list
     of strings (empty = fine)."""
     problems = []
+    for cid in KNOWN_ISSUES:
+        if not any(c.id == cid for c in CASES):
+            problems.append("KNOWN_ISSUES names unknown case %s" % cid)
     for rid in RULE_IDS:
         if not any(rid in c.rules for c in CASES):
             problems.append("rule %s has no case" % rid)

@@ -21,7 +21,9 @@
 //! raised to the hard limit.
 //!
 //! Usage: pjws-echo-server [--listen 127.0.0.1:0] [--backlog N]
-//!                         [--tls CERT.pem KEY.pem] [--verbose]
+//!                         [--tls CERT.pem KEY.pem] [--verbose] [--corrupt N]
+//! `--corrupt N` flips one bit in the last payload byte of every Nth data
+//! frame: the smoke test uses it to check that every client notices.
 //! Prints `listening PORT` on stdout once it accepts connections.
 
 use std::io::{self, Write};
@@ -40,6 +42,7 @@ struct Args {
     backlog: u32,
     tls: Option<(String, String)>,
     verbose: bool,
+    corrupt: u64,
 }
 
 fn usage() -> ! {
@@ -48,7 +51,7 @@ fn usage() -> ! {
 }
 
 fn parse_args() -> Args {
-    let mut a = Args { listen: "127.0.0.1:0".parse().unwrap(), backlog: 8192, tls: None, verbose: false };
+    let mut a = Args { listen: "127.0.0.1:0".parse().unwrap(), backlog: 8192, tls: None, verbose: false, corrupt: 0 };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
         match k.as_str() {
@@ -64,6 +67,7 @@ fn parse_args() -> Args {
                 a.tls = Some((c, k));
             }
             "--verbose" | "-v" => a.verbose = true,
+            "--corrupt" => a.corrupt = it.next().and_then(|v| v.parse().ok()).unwrap_or_else(|| usage()),
             _ => usage(),
         }
     }
@@ -112,6 +116,7 @@ async fn serve(args: Args) -> io::Result<()> {
         out.flush()?;
     }
     let verbose = args.verbose;
+    let corrupt = args.corrupt;
     loop {
         let (s, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -126,9 +131,9 @@ async fn serve(args: Args) -> io::Result<()> {
         let acc = acceptor.clone();
         tokio::spawn(async move {
             let r = match acc {
-                None => echo_conn(s).await,
+                None => echo_conn(s, corrupt).await,
                 Some(a) => match a.accept(s).await {
-                    Ok(t) => echo_conn(t).await,
+                    Ok(t) => echo_conn(t, corrupt).await,
                     Err(e) => Err(io::Error::other(format!("TLS accept: {e}"))),
                 },
             };
@@ -234,6 +239,9 @@ struct Echo {
     off: usize,
     /// Inside a fragmented message (a CONT frame is due).
     in_msg: bool,
+    /// Self-test: corrupt every Nth data frame (0 = never).
+    corrupt: u64,
+    frames: u64,
 }
 
 enum Step {
@@ -256,6 +264,11 @@ impl Echo {
                 self.off += n;
                 self.rem -= n as u64;
                 i += n;
+                if self.rem == 0 && self.corrupt != 0 && self.frames % self.corrupt == 0 {
+                    if let Some(b) = out.last_mut() {
+                        *b ^= 1;
+                    }
+                }
                 continue;
             }
             let b = &input[i..];
@@ -294,6 +307,7 @@ impl Echo {
                         return Err(bad(if op == 0 { "CONT without a message" } else { "new message inside a fragmented one" }));
                     }
                     self.in_msg = !fin;
+                    self.frames += 1;
                     put_header(out, b0 & 0x8F, len);
                     self.rem = len;
                     self.mask = mask;
@@ -331,7 +345,7 @@ impl Echo {
     }
 }
 
-async fn echo_conn<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) -> io::Result<()> {
+async fn echo_conn<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, corrupt: u64) -> io::Result<()> {
     let mut buf: Vec<u8> = Vec::with_capacity(MIN_BUF);
     let head_len = loop {
         if let Some(p) = find(&buf, b"\r\n\r\n") {
@@ -355,7 +369,7 @@ async fn echo_conn<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) -> io::Result<()
     s.write_all(&resp).await?;
     buf.drain(..head_len);
 
-    let mut echo = Echo::default();
+    let mut echo = Echo { corrupt, ..Echo::default() };
     let mut out: Vec<u8> = Vec::new();
     let mut cap = MIN_BUF;
     loop {
