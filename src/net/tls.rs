@@ -93,7 +93,9 @@ fn build(cfg: &TlsConfig) -> Result<SslContext, pj_status_t> {
     let mut b = SslContextBuilder::new(SslMethod::tls_client()).map_err(cfg_err)?;
     b.set_min_proto_version(Some(min)).map_err(cfg_err)?;
     b.set_max_proto_version(Some(max)).map_err(cfg_err)?;
-    b.set_options(SslOptions::NO_COMPRESSION | SslOptions::NO_RENEGOTIATION);
+    // No session tickets: nothing here resumes sessions, and a TLS 1.3
+    // server's tickets would otherwise stay in memory per connection.
+    b.set_options(SslOptions::NO_COMPRESSION | SslOptions::NO_RENEGOTIATION | SslOptions::NO_TICKET);
     // Idle connections give their record buffers back; large writes may
     // complete in pieces from a moving buffer (our send queue).
     b.set_mode(SslMode::RELEASE_BUFFERS | SslMode::ENABLE_PARTIAL_WRITE | SslMode::ACCEPT_MOVING_WRITE_BUFFER);
