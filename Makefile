@@ -36,7 +36,8 @@ CTESTS   := $(patsubst c-tests/%.c,$(BUILD)/c-tests/%,$(CTEST_SRC))
 EXAMPLE_SRC := $(wildcard examples-c/*.c)
 EXAMPLES := $(patsubst examples-c/%.c,$(BUILD)/examples/%,$(EXAMPLE_SRC))
 
-.PHONY: all lib demo test test-rust test-c test-valgrind test-tls check-header header \
+.PHONY: all lib demo test test-rust test-c test-valgrind test-tls test-conformance test-fuzz-replay \
+        fuzz bench bench-smoke check-header header \
         c-tests examples deps venv install uninstall clean check-symbols
 
 all: lib
@@ -118,6 +119,7 @@ examples: $(EXAMPLES)
 # ---- test --------------------------------------------------------------
 
 test: deps
+	@rm -f $(BUILD)/test-logs/stages.log
 	@bash tests/stage.sh "cargo test" $(MAKE) --no-print-directory test-rust
 	@bash tests/stage.sh "build" $(MAKE) --no-print-directory lib c-tests examples
 	@bash tests/stage.sh "header" $(MAKE) --no-print-directory check-header check-header-compiles check-symbols
@@ -125,6 +127,10 @@ test: deps
 	@bash tests/stage.sh "c tests" $(MAKE) --no-print-directory test-c
 	@bash tests/stage.sh "c tests under valgrind" $(MAKE) --no-print-directory test-valgrind
 	@bash tests/stage.sh "tls tests" $(MAKE) --no-print-directory test-tls
+	@bash tests/stage.sh "conformance" $(MAKE) --no-print-directory test-conformance
+	@bash tests/stage.sh "fuzz corpus replay" $(MAKE) --no-print-directory test-fuzz-replay
+	@bash tests/stage.sh "bench smoke" $(MAKE) --no-print-directory bench-smoke
+	@bash tests/summary.sh
 
 test-rust:
 	$(CARGO) test --release --lib -q
@@ -138,6 +144,27 @@ test-valgrind: venv c-tests examples
 # wss://: throwaway PKI, TLS peers, natively and under valgrind.
 test-tls: venv c-tests
 	$(VENV)/bin/python tests/tls/run.py --bin $(BUILD)/c-tests/test_tls --both
+
+# RFC 6455 conformance suite (scripted peer), natively and under valgrind.
+test-conformance: venv c-tests
+	$(VENV)/bin/python tests/conformance/run.py --bin $(BUILD)/c-tests/test_conformance
+	$(VENV)/bin/python tests/conformance/run.py --bin $(BUILD)/c-tests/test_conformance --valgrind
+
+# The committed fuzz corpus through the fuzz targets, on stable Rust.
+test-fuzz-replay:
+	$(CARGO) test --release -q --manifest-path fuzz/Cargo.toml --tests
+
+# Bounded libFuzzer runs of every target (not part of CI).
+fuzz:
+	bash fuzz/run.sh
+
+# Benchmarks against peer libraries (not part of CI): bench/RESULTS.md.
+bench: lib
+	bash bench/run.sh
+
+# Builds the bench programs and runs each workload once, tiny.
+bench-smoke: lib
+	bash bench/smoke.sh
 
 # ---- demo --------------------------------------------------------------
 

@@ -911,9 +911,10 @@ impl Client {
                     }
                     Err(e) => {
                         g.response_head = hs.response_head().to_vec();
-                        if let HandshakeError::BadStatus(s) = e {
-                            g.http_status = s;
-                        }
+                        g.http_status = match e {
+                            HandshakeError::BadStatus(s) => s,
+                            _ => status_of(&g.response_head),
+                        };
                         (input.len(), self.fail_connect(ctx, g, handshake_status(&e)))
                     }
                 }
@@ -1190,6 +1191,10 @@ impl Client {
         } else if due(link.close_deadline) && link.phase == Phase::Closing {
             if link.close_received.is_some() {
                 self.finish(ctx, &mut g, None, PJ_SUCCESS)
+            } else if g.info.initiator == pj_websock_close_initiator::PJ_WEBSOCK_CLOSE_PROTOCOL {
+                // We failed the connection; the peer's silence changes nothing.
+                let st = g.info.status;
+                self.finish(ctx, &mut g, None, st)
             } else {
                 g.info.status = PJ_WEBSOCK_ECLOSETIMEOUT;
                 self.finish(ctx, &mut g, Some(pj_websock_close_initiator::PJ_WEBSOCK_CLOSE_TIMEOUT), PJ_WEBSOCK_ECLOSETIMEOUT)
@@ -1305,6 +1310,18 @@ impl Handler for Client {
 impl Drop for Client {
     fn drop(&mut self) {
         LIVE.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The status code of an HTTP response head ("HTTP/1.1 101 ..."), 0 if
+/// there is none.
+fn status_of(head: &[u8]) -> u16 {
+    let mut parts = head.splitn(3, |&b| b == b' ');
+    match (parts.next(), parts.next()) {
+        (Some(v), Some(code)) if v.starts_with(b"HTTP/") && code.len() == 3 => {
+            std::str::from_utf8(code).ok().and_then(|c| c.parse().ok()).unwrap_or(0)
+        }
+        _ => 0,
     }
 }
 
