@@ -689,8 +689,8 @@ def write_report(records, info, path, jsonl_path, argv):
     L.append("- **libpjwebsock** (`bench/clients/pj_client.c`): NULL pool/ioqueue/timer heap, so the library's "
              "own epoll thread runs the callbacks; echoes are verified in `on_rx_msg`; pingpong sends the next "
              "message from `on_rx_msg`; stream/bulk send from the main thread with `pj_websock_send()` as fast as "
-             "it accepts (on `PJ_EBUSY` sleep 200 µs and retry); fanout sends from the main thread on each "
-             "connection's 20 ms clock.")
+             "it accepts (on `PJ_EBUSY` sleep 200 µs and retry); fanout sends from the main thread at each "
+             "frame's due time (20 ms per connection, offsets on a 1 ms grid — the same schedule in every client).")
     L.append("- **tokio-tungstenite** (`bench/clients/tungstenite`): current-thread runtime, "
              "`connect_async_tls_with_config(..., disable_nagle = true, ...)`; stream/bulk split the socket and "
              "`feed()` every message then `flush()` once (tungstenite writes whenever its 128 KiB write buffer "

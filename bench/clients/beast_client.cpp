@@ -170,7 +170,7 @@ public:
 private:
     uint64_t due(uint64_t k) const
     {
-        return g_fan_start + k * g_period + (uint64_t)idx * g_period / (uint64_t)g_nconns;
+        return g_fan_start + k * g_period + FANOUT_OFFSET_NS((uint64_t)idx, g_period, (uint64_t)g_nconns);
     }
 
     void schedule()

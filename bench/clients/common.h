@@ -258,6 +258,12 @@ BENCH_UNUSED static const char *nodelay_state(void)
     return !off ? "all" : !on ? "none" : "mixed";
 }
 
+/* Fanout: connection c's frames are due at start + k * period + offset(c),
+ * offset(c) = c * period / conns rounded down to a whole millisecond (so with
+ * 200 connections and 20 ms, 10 connections share each 1 ms slot). The same
+ * schedule in every client; 1 ms is also tokio's timer granularity. */
+#define FANOUT_OFFSET_NS(c, period, conns) ((((c) * (period) / (conns)) / 1000000ull) * 1000000ull)
+
 /* ---- payloads ---------------------------------------------------------- */
 
 #define PAT_SLACK 256

@@ -96,7 +96,7 @@ static void fan_tick(lws_sorted_usec_list_t *sul)
 
 static void fan_schedule(conn_t *c)
 {
-    uint64_t due = g_fan_start + c->tx_seq * g_period + (uint64_t)c->idx * g_period / (uint64_t)g_nconns;
+    uint64_t due = g_fan_start + c->tx_seq * g_period + FANOUT_OFFSET_NS((uint64_t)c->idx, g_period, (uint64_t)g_nconns);
     uint64_t t = now_ns();
     lws_usec_t us = due > t ? (lws_usec_t)((due - t) / 1000) : 0;
     lws_sul_schedule(g_ctx, 0, &c->sul, fan_tick, us);
@@ -116,7 +116,7 @@ static int write_next(conn_t *c)
             g_sent_at[0] = now_ns();
         if (is_fanout()) {
             uint64_t t = now_ns();
-            uint64_t due = g_fan_start + c->tx_seq * g_period + (uint64_t)c->idx * g_period / (uint64_t)g_nconns;
+            uint64_t due = g_fan_start + c->tx_seq * g_period + FANOUT_OFFSET_NS((uint64_t)c->idx, g_period, (uint64_t)g_nconns);
             if (t > due && t - due > g_late_max)
                 g_late_max = t - due;
             g_sent_at[(size_t)c->idx * (size_t)g_fan_k + c->tx_seq] = t;
@@ -168,7 +168,7 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         if (is_fanout()) {
             if ((long)c->tx_seq >= g_fan_k)
                 return 0;
-            uint64_t due = g_fan_start + c->tx_seq * g_period + (uint64_t)c->idx * g_period / (uint64_t)g_nconns;
+            uint64_t due = g_fan_start + c->tx_seq * g_period + FANOUT_OFFSET_NS((uint64_t)c->idx, g_period, (uint64_t)g_nconns);
             if (now_ns() + 50000 < due) { /* early wake-up: wait for the due time */
                 fan_schedule(c);
                 return 0;

@@ -494,7 +494,8 @@ int main(int argc, char **argv)
             g_t0 = start;
             for (long k = 0; k < K && !g_failed; k++) {
                 for (long c = 0; c < C && !g_failed; c++) {
-                    uint64_t due = start + (uint64_t)k * period + (uint64_t)c * period / (uint64_t)C;
+                    /* Offsets on a 1 ms grid (10 connections per ms), as in every client. */
+                    uint64_t due = start + (uint64_t)k * period + FANOUT_OFFSET_NS((uint64_t)c, period, (uint64_t)C);
                     fill_msg(buf, ((uint64_t)c << 32) | (uint64_t)k, (size_t)A.size, 0);
                     uint64_t t = now_ns();
                     if (t < due) {

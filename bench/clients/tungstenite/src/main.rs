@@ -576,7 +576,9 @@ async fn fanout(a: &Args, pat: &Pat, j: &mut Json) -> Res<()> {
     for (c, ws) in socks.into_iter().enumerate() {
         let mut ws = ws.unwrap();
         let pat = pat.clone();
-        let first = start + period * c as u32 / c_n as u32;
+        // Offsets on a 1 ms grid, as in every client (see FANOUT_OFFSET_NS in common.h).
+        let off_ms = (period.as_nanos() as u64 * c as u64 / c_n as u64) / 1_000_000;
+        let first = start + Duration::from_millis(off_ms);
         tasks.spawn(async move {
             let mut tick = tokio::time::interval_at(tokio::time::Instant::from_std(first), period);
             let mut sent_at: Vec<Instant> = Vec::with_capacity(k_n as usize);
