@@ -122,7 +122,7 @@ test: deps
 	@rm -f $(BUILD)/test-logs/stages.log
 	@bash tests/stage.sh "cargo test" $(MAKE) --no-print-directory test-rust
 	@bash tests/stage.sh "build" $(MAKE) --no-print-directory lib c-tests examples
-	@bash tests/stage.sh "header" $(MAKE) --no-print-directory check-header check-header-compiles check-symbols
+	@bash tests/stage.sh "header" $(MAKE) --no-print-directory check-header check-header-compiles check-symbols check-install
 	@bash tests/stage.sh "venv" $(MAKE) --no-print-directory venv
 	@bash tests/stage.sh "c tests" $(MAKE) --no-print-directory test-c
 	@bash tests/stage.sh "c tests under valgrind" $(MAKE) --no-print-directory test-valgrind
@@ -182,6 +182,16 @@ install: lib
 	install -m 644 $(HEADER) $(DESTDIR)$(INCDIR)/pjwebsock/websock.h
 	sed -e 's|@PREFIX@|$(PREFIX)|; s|@LIBDIR@|$(LIBDIR)|; s|@INCDIR@|$(INCDIR)|; s|@VERSION@|$(VERSION)|' \
 	    pjwebsock.pc.in > $(DESTDIR)$(LIBDIR)/pkgconfig/pjwebsock.pc
+
+# make install into a staging dir, then build an example with pkg-config.
+check-install: lib
+	rm -rf $(BUILD)/stage
+	$(MAKE) --no-print-directory install PREFIX=/usr/local DESTDIR=$(BUILD)/stage >/dev/null
+	test -L $(BUILD)/stage/usr/local/lib/libpjwebsock.so -a -L $(BUILD)/stage/usr/local/lib/$(SONAME)
+	$(CC) -Wall -Werror examples-c/echo_client.c -o $(BUILD)/stage/echo_client \
+	    $$(PKG_CONFIG_SYSROOT_DIR=$(BUILD)/stage PKG_CONFIG_PATH=$(BUILD)/stage/usr/local/lib/pkgconfig \
+	       pkg-config --cflags --libs pjwebsock) -Wl,-rpath,$(BUILD)/stage/usr/local/lib
+	@echo "install: library, soname links, header and pjwebsock.pc usable"
 
 uninstall:
 	rm -f $(DESTDIR)$(LIBDIR)/libpjwebsock.so* $(DESTDIR)$(LIBDIR)/libpjwebsock.a \
