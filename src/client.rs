@@ -39,8 +39,8 @@ pub const DEFAULT_MAX_BUFFERED: usize = 64 * 1024 * 1024;
 
 /// Reads per readiness event before other connections get their turn.
 const READS_PER_EVENT: usize = 4;
-/// Sends closer together than this are a burst and get coalesced.
-const BURST_GAP: Duration = Duration::from_micros(50);
+/// Sends closer together than this (ns) are a burst and get coalesced.
+const BURST_GAP_NS: u64 = 50_000;
 /// A burst is written once this much is queued...
 const COALESCE_BYTES: usize = 32 * 1024;
 /// ...or at the latest this long after its first unwritten message.
@@ -140,10 +140,12 @@ struct Link {
     close_deadline: Option<Instant>,
     /// When coalesced sends must be written at the latest.
     flush_deadline: Option<Instant>,
-    last_send: Option<Instant>,
+    /// `mono_ns()` of the last send (0 = none).
+    last_send: u64,
     next_ping: Option<Instant>,
-    ping_sent_at: Option<Instant>,
-    last_rx: Instant,
+    ping_sent_at: Option<u64>,
+    /// `mono_ns()` of the last read from the peer.
+    last_rx: u64,
     timer: Option<(TimerId, Instant)>,
     close_received: Option<(u16, String)>,
 }
@@ -183,6 +185,15 @@ enum Deliver<'a> {
     Connect(pj_status_t),
     Message(OpCode, Payload<'a>),
     Close(u16, String),
+}
+
+/// Monotonic time in nanoseconds: cheaper than `Instant` arithmetic on
+/// the per-message paths.
+fn mono_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid clock id and output struct.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 fn mask() -> [u8; 4] {
@@ -253,10 +264,10 @@ impl Link {
             addr_deadline: None,
             close_deadline: None,
             flush_deadline: None,
-            last_send: None,
+            last_send: 0,
             next_ping: None,
             ping_sent_at: None,
-            last_rx: Instant::now(),
+            last_rx: mono_ns(),
             timer: None,
             close_received: None,
         }
@@ -542,11 +553,11 @@ impl Client {
             return PJ_EBUSY;
         }
         link.tx.append_with(data.len() + MAX_HEADER_LEN, |b| conn.send_frame(op, data, mask(), b));
-        let now = Instant::now();
+        let now = mono_ns();
         // A send right after another is part of a burst: coalesce it with
         // the next ones into one write instead of a syscall per message.
-        let burst = link.last_send.is_some_and(|t| now.saturating_duration_since(t) < BURST_GAP);
-        link.last_send = Some(now);
+        let burst = link.last_send != 0 && now.saturating_sub(link.last_send) < BURST_GAP_NS;
+        link.last_send = now;
         if link.out_armed || link.write_err.is_some() {
             return PJ_SUCCESS; // the loop drains the queue when writable
         }
@@ -556,7 +567,7 @@ impl Client {
                 self.defer_write_error(lp, link, e);
             }
         } else if link.flush_deadline.is_none() {
-            link.flush_deadline = Some(now + COALESCE_DELAY);
+            link.flush_deadline = Some(Instant::now() + COALESCE_DELAY);
             self.rearm(lp, link);
         }
         PJ_SUCCESS
@@ -1056,7 +1067,7 @@ impl Client {
                     break;
                 }
             };
-            link.last_rx = Instant::now();
+            link.last_rx = mono_ns();
             let mut pos = 0;
             while pos < n {
                 let (used, d) = self.process(ctx, &mut g, &buf[pos..n]);
@@ -1206,7 +1217,7 @@ impl Client {
             } else {
                 // A connection quiet for a whole interval gives its buffers
                 // back; they grow again with the traffic.
-                if link.buffered() == 0 && link.last_send.is_none_or(|t| now - t >= Duration::from_secs(1)) {
+                if link.buffered() == 0 && mono_ns().saturating_sub(link.last_send) >= 1_000_000_000 {
                     link.tx.trim();
                     if let Some(conn) = link.conn.as_mut() {
                         conn.shrink();
@@ -1215,7 +1226,7 @@ impl Client {
                 if let Some(conn) = link.conn.as_mut() {
                     link.tx.append_with(MAX_HEADER_LEN, |b| conn.send_frame(OpCode::Ping, &[], mask(), b));
                 }
-                link.ping_sent_at = Some(now);
+                link.ping_sent_at = Some(mono_ns());
                 link.next_ping = ping.map(|d| now + d);
                 self.flush_locked(ctx, &mut g)
             }

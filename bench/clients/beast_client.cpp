@@ -39,7 +39,8 @@ static std::string g_err;
 static int g_text;
 static long g_total, g_echoes, g_connected;
 static uint64_t g_t0, g_t1, g_cpu0, g_cpu1, g_srv0, g_srv1, g_last_connect;
-static std::vector<uint64_t> g_sent_at, g_lat;
+static std::vector<uint64_t> g_sent_at;
+static hist_t g_lat;
 static long g_fan_k, g_nconns;
 static uint64_t g_fan_start, g_period, g_late_max;
 static net::io_context *g_ioc;
@@ -240,7 +241,7 @@ private:
         rx_seq_ = k + 1;
         switch (g_w) {
         case W::pingpong:
-            if ((long)k >= A.warmup) g_lat[k - (uint64_t)A.warmup] = t - g_sent_at[0];
+            if ((long)k >= A.warmup) hist_add(&g_lat, t - g_sent_at[0]);
             if ((long)rx_seq_ == g_total) return finish(t);
             tx_ready_ = (long)rx_seq_ + 1;
             do_write();
@@ -253,7 +254,7 @@ private:
             break;
         case W::fanout: {
             size_t slot = (size_t)idx * (size_t)g_fan_k + k;
-            g_lat[slot] = t - g_sent_at[slot];
+            hist_add(&g_lat, t - g_sent_at[slot]);
             if (++g_echoes == g_total) return finish(t);
             break;
         }
@@ -363,7 +364,6 @@ int main(int argc, char **argv)
         g_text = pp;
         g_total = A.n + (pp ? A.warmup : 0);
         g_sent_at.assign(1, 0);
-        g_lat.assign((size_t)A.n + 1, 0);
         g_nconns = 1;
         open_conns(ioc, 0, 1);
         if (run_until(ioc, connected(1), 30.0) == 0) {
@@ -376,8 +376,8 @@ int main(int argc, char **argv)
             json_interval(A.n, A.size, g_t0, g_t1, g_cpu0, g_cpu1, g_srv0, g_srv1, A.server_pid);
             if (pp) {
                 json_num("warmup", (double)A.warmup);
-                json_num("rtt_median_us", percentile_us(g_lat.data(), (size_t)A.n, 0.5, 0));
-                json_num("rtt_p99_us", percentile_us(g_lat.data(), (size_t)A.n, 0.99, 1));
+                json_num("rtt_median_us", hist_percentile_us(&g_lat, 0.5));
+                json_num("rtt_p99_us", hist_percentile_us(&g_lat, 0.99));
             }
             json_num("maxrss_kb", (double)self_maxrss_kb());
             json_str("nodelay", nodelay_state());
@@ -434,7 +434,6 @@ int main(int argc, char **argv)
     g_total = C * K;
     g_nconns = C;
     g_sent_at.assign((size_t)(C * K), 0);
-    g_lat.assign((size_t)(C * K), 0);
     open_conns(ioc, 0, C);
     if (run_until(ioc, connected(C), 60.0) == 0) {
         g_period = 1000000000ull / (uint64_t)A.rate;
@@ -451,8 +450,8 @@ int main(int argc, char **argv)
     json_num("duration_s", A.duration);
     if (!g_failed) {
         json_interval(C * K, A.size, g_t0, g_t1, g_cpu0, g_cpu1, g_srv0, g_srv1, A.server_pid);
-        json_num("lat_median_us", percentile_us(g_lat.data(), (size_t)(C * K), 0.5, 0));
-        json_num("lat_p99_us", percentile_us(g_lat.data(), (size_t)(C * K), 0.99, 1));
+        json_num("lat_median_us", hist_percentile_us(&g_lat, 0.5));
+        json_num("lat_p99_us", hist_percentile_us(&g_lat, 0.99));
         json_num("send_late_max_us", (double)g_late_max / 1e3);
         json_str("nodelay", nodelay_state());
     }

@@ -360,23 +360,53 @@ BENCH_UNUSED static void describe_mismatch(char *out, size_t outsz, const uint8_
 
 /* ---- statistics -------------------------------------------------------- */
 
-static int cmp_u64(const void *a, const void *b)
+/* Latency histogram: log-linear, 64 sub-buckets per power of two (values
+ * below 64 ns exact, otherwise within 1.6 %). Recording is O(1) and the
+ * percentiles cost the same for any N, so under callgrind the statistics
+ * cancel out of (Ir(N2) - Ir(N1)) instead of adding an N log N sort. */
+#define HIST_SUB_BITS 6
+#define HIST_SUB (1u << HIST_SUB_BITS)
+typedef struct hist {
+    uint64_t count[64 * HIST_SUB];
+    uint64_t n;
+} hist_t;
+
+static inline unsigned hist_index(uint64_t v)
 {
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return x < y ? -1 : x > y;
+    if (v < HIST_SUB)
+        return (unsigned)v;
+    unsigned e = 63u - (unsigned)__builtin_clzll(v);
+    unsigned shift = e - HIST_SUB_BITS;
+    return (e - HIST_SUB_BITS + 1) * HIST_SUB + (unsigned)((v >> shift) - HIST_SUB);
 }
 
-/* Nearest-rank percentile q (0..1) of v[0..n) (sorts v). */
-BENCH_UNUSED static double percentile_us(uint64_t *v, size_t n, double q, int sorted)
+static inline void hist_add(hist_t *h, uint64_t v)
 {
-    if (!n)
+    h->count[hist_index(v)]++;
+    h->n++;
+}
+
+/* Nearest-rank percentile q (0..1) in µs: the middle of the bucket. */
+BENCH_UNUSED static double hist_percentile_us(const hist_t *h, double q)
+{
+    if (!h->n)
         return NAN;
-    if (!sorted)
-        qsort(v, n, sizeof *v, cmp_u64);
-    size_t r = (size_t)ceil(q * (double)n);
-    if (r < 1) r = 1;
-    if (r > n) r = n;
-    return (double)v[r - 1] / 1000.0;
+    uint64_t rank = (uint64_t)ceil(q * (double)h->n);
+    if (rank < 1) rank = 1;
+    uint64_t cum = 0;
+    for (unsigned i = 0; i < 64 * HIST_SUB; i++) {
+        cum += h->count[i];
+        if (cum >= rank) {
+            if (i < HIST_SUB)
+                return (double)i / 1000.0;
+            unsigned b = i / HIST_SUB, sub = i % HIST_SUB;
+            unsigned shift = b - 1;
+            double lo = (double)((uint64_t)(HIST_SUB + sub) << shift);
+            double hi = (double)((uint64_t)(HIST_SUB + sub + 1) << shift);
+            return (lo + hi) / 2.0 / 1000.0;
+        }
+    }
+    return NAN;
 }
 
 /* ---- JSON report ------------------------------------------------------- */

@@ -43,7 +43,8 @@ static char g_err[600];
 static long g_connected, g_connect_failed;
 static long g_echoes;
 static uint64_t g_t0, g_t1, g_cpu0, g_cpu1, g_srv0, g_srv1, g_last_connect;
-static uint64_t *g_sent_at, *g_lat;
+static uint64_t *g_sent_at;
+static hist_t g_lat;
 static long g_fan_k;
 static uint64_t g_fan_start, g_period, g_late_max;
 static conn_t *g_conns;
@@ -216,14 +217,14 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         uint64_t k = c->rx_seq++;
         if (is_pingpong()) {
             if ((long)k >= A.warmup)
-                g_lat[k - (uint64_t)A.warmup] = t - g_sent_at[0];
+                hist_add(&g_lat, t - g_sent_at[0]);
             if ((long)c->rx_seq == g_total)
                 finish(t);
             else
                 lws_callback_on_writable(wsi);
         } else if (is_fanout()) {
             size_t slot = (size_t)c->idx * (size_t)g_fan_k + k;
-            g_lat[slot] = t - g_sent_at[slot];
+            hist_add(&g_lat, t - g_sent_at[slot]);
             if (++g_echoes == g_total)
                 finish(t);
         } else if (is_conns()) {
@@ -393,7 +394,6 @@ int main(int argc, char **argv)
         g_total = A.n + (pp ? A.warmup : 0);
         g_tx_total = g_total;
         g_sent_at = calloc(1, sizeof(uint64_t));
-        g_lat = calloc((size_t)A.n + 1, sizeof(uint64_t));
         conn_t *c = calloc(1, sizeof *c);
         g_nconns = 1;
         if (open_all(c, 0, 1, 30.0) == 0) {
@@ -409,8 +409,8 @@ int main(int argc, char **argv)
             json_interval(A.n, A.size, g_t0, g_t1, g_cpu0, g_cpu1, g_srv0, g_srv1, A.server_pid);
             if (pp) {
                 json_num("warmup", (double)A.warmup);
-                json_num("rtt_median_us", percentile_us(g_lat, (size_t)A.n, 0.5, 0));
-                json_num("rtt_p99_us", percentile_us(g_lat, (size_t)A.n, 0.99, 1));
+                json_num("rtt_median_us", hist_percentile_us(&g_lat, 0.5));
+                json_num("rtt_p99_us", hist_percentile_us(&g_lat, 0.99));
             }
             json_num("maxrss_kb", (double)self_maxrss_kb());
             json_str("nodelay", nodelay_state());
@@ -471,7 +471,6 @@ int main(int argc, char **argv)
         conn_t *cs = calloc((size_t)C, sizeof *cs);
         g_conns = cs;
         g_sent_at = calloc((size_t)(C * K), sizeof(uint64_t));
-        g_lat = calloc((size_t)(C * K), sizeof(uint64_t));
         if (open_all(cs, 0, C, 60.0) == 0) {
             g_period = 1000000000ull / (uint64_t)A.rate;
             g_fan_start = now_ns() + 20000000ull;
@@ -489,8 +488,8 @@ int main(int argc, char **argv)
         json_num("duration_s", A.duration);
         if (!g_failed) {
             json_interval(C * K, A.size, g_t0, g_t1, g_cpu0, g_cpu1, g_srv0, g_srv1, A.server_pid);
-            json_num("lat_median_us", percentile_us(g_lat, (size_t)(C * K), 0.5, 0));
-            json_num("lat_p99_us", percentile_us(g_lat, (size_t)(C * K), 0.99, 1));
+            json_num("lat_median_us", hist_percentile_us(&g_lat, 0.5));
+            json_num("lat_p99_us", hist_percentile_us(&g_lat, 0.99));
             json_num("send_late_max_us", (double)g_late_max / 1e3);
             json_str("nodelay", nodelay_state());
         }

@@ -42,7 +42,7 @@ static char g_err[600];
 static atomic_long g_echoes;       /* verified echoes (conns, fanout) */
 static uint64_t g_t0, g_t1, g_cpu0, g_cpu1, g_srv0, g_srv1, g_last_connect;
 static uint64_t *g_sent_at;        /* pingpong: [0]; fanout: per message */
-static uint64_t *g_lat;            /* ns per measured echo */
+static hist_t g_lat;               /* ns per measured echo */
 static long g_fan_k;               /* fanout frames per connection */
 
 static void fail(const char *fmt, ...)
@@ -151,7 +151,7 @@ static void on_rx_pingpong(conn_t *c, pj_websock_opcode op, const void *data, pj
         return;
     }
     if ((long)seq >= A.warmup)
-        g_lat[seq - (uint64_t)A.warmup] = t - g_sent_at[0];
+        hist_add(&g_lat, t - g_sent_at[0]);
     c->rx_seq = ++seq;
     if ((long)seq == g_total) {
         finish(t);
@@ -205,7 +205,7 @@ static void on_rx_fanout(conn_t *c, pj_websock_opcode op, const void *data, pj_s
         return;
     }
     size_t slot = (size_t)c->idx * (size_t)g_fan_k + k;
-    g_lat[slot] = t - g_sent_at[slot];
+    hist_add(&g_lat, t - g_sent_at[slot]);
     c->rx_seq = k + 1;
     if (atomic_fetch_add(&g_echoes, 1) + 1 == g_total)
         finish(t);
@@ -382,7 +382,6 @@ int main(int argc, char **argv)
         conn_t *c = calloc(1, sizeof *c);
         g_txbuf = malloc((size_t)A.size);
         g_sent_at = calloc(1, sizeof(uint64_t));
-        g_lat = calloc((size_t)A.n + 1, sizeof(uint64_t));
         if (open_all(c, 0, 1, 30.0) == 0) {
             if (pp) {
                 fill_msg(g_txbuf, 0, (size_t)A.size, 1);
@@ -412,8 +411,8 @@ int main(int argc, char **argv)
             json_interval(A.n, A.size, g_t0, g_t1, g_cpu0, g_cpu1, g_srv0, g_srv1, A.server_pid);
             if (pp) {
                 json_num("warmup", (double)A.warmup);
-                json_num("rtt_median_us", percentile_us(g_lat, (size_t)A.n, 0.5, 0));
-                json_num("rtt_p99_us", percentile_us(g_lat, (size_t)A.n, 0.99, 1));
+                json_num("rtt_median_us", hist_percentile_us(&g_lat, 0.5));
+                json_num("rtt_p99_us", hist_percentile_us(&g_lat, 0.99));
             } else {
                 json_num("ebusy_retries", (double)ebusy);
             }
@@ -483,7 +482,6 @@ int main(int argc, char **argv)
         g_on_rx = on_rx_fanout;
         conn_t *cs = calloc((size_t)C, sizeof *cs);
         g_sent_at = calloc((size_t)(C * K), sizeof(uint64_t));
-        g_lat = calloc((size_t)(C * K), sizeof(uint64_t));
         uint8_t *buf = malloc((size_t)A.size);
         uint64_t late_max = 0;
         if (open_all(cs, 0, C, 60.0) == 0) {
@@ -518,8 +516,8 @@ int main(int argc, char **argv)
         json_num("duration_s", A.duration);
         if (!g_failed) {
             json_interval(C * K, A.size, g_t0, g_t1, g_cpu0, g_cpu1, g_srv0, g_srv1, A.server_pid);
-            json_num("lat_median_us", percentile_us(g_lat, (size_t)(C * K), 0.5, 0));
-            json_num("lat_p99_us", percentile_us(g_lat, (size_t)(C * K), 0.99, 1));
+            json_num("lat_median_us", hist_percentile_us(&g_lat, 0.5));
+            json_num("lat_p99_us", hist_percentile_us(&g_lat, 0.99));
             json_num("send_late_max_us", (double)late_max / 1e3);
             json_str("nodelay", nodelay_state());
         }

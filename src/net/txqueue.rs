@@ -47,6 +47,11 @@ impl TxQueue {
             let want = if self.chunks.is_empty() { FIRST_CHUNK } else { CHUNK }.max(room);
             let chunk = match self.spare.last() {
                 Some(c) if c.capacity() >= want => self.spare.pop().expect("checked"),
+                // A small spare is not worth keeping once bigger ones are needed.
+                Some(c) if c.capacity() < CHUNK => {
+                    self.spare.pop();
+                    Vec::with_capacity(want)
+                }
                 _ => Vec::with_capacity(want),
             };
             self.chunks.push_back(chunk);
@@ -125,7 +130,7 @@ impl TxQueue {
 
     fn recycle(&mut self, mut c: Vec<u8>) {
         // Regular chunks only: a 16 MiB frame's chunk goes back at once.
-        if c.capacity() == CHUNK && self.spare.len() < MAX_SPARE {
+        if c.capacity() <= CHUNK && self.spare.len() < MAX_SPARE {
             c.clear();
             self.spare.push(c);
         }

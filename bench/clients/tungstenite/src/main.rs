@@ -279,15 +279,65 @@ impl Pat {
     }
 }
 
-fn percentile_us(v: &mut [u64], q: f64, sorted: bool) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
+/// Latency histogram, the same as `hist_t` in common.h: log-linear, 64
+/// sub-buckets per power of two; O(1) per sample, percentiles cost the same
+/// for any N (so they cancel out of the callgrind difference).
+struct Hist {
+    count: Vec<u64>,
+    n: u64,
+}
+
+impl Hist {
+    const SUB_BITS: u32 = 6;
+    const SUB: u64 = 1 << Self::SUB_BITS;
+
+    fn new() -> Hist {
+        Hist { count: vec![0; 64 * Self::SUB as usize], n: 0 }
     }
-    if !sorted {
-        v.sort_unstable();
+
+    fn index(v: u64) -> usize {
+        if v < Self::SUB {
+            return v as usize;
+        }
+        let e = 63 - v.leading_zeros();
+        let shift = e - Self::SUB_BITS;
+        ((e - Self::SUB_BITS + 1) as u64 * Self::SUB + ((v >> shift) - Self::SUB)) as usize
     }
-    let r = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
-    v[r - 1] as f64 / 1000.0
+
+    fn add(&mut self, v: u64) {
+        self.count[Self::index(v)] += 1;
+        self.n += 1;
+    }
+
+    fn merge(&mut self, o: &Hist) {
+        for (a, b) in self.count.iter_mut().zip(&o.count) {
+            *a += b;
+        }
+        self.n += o.n;
+    }
+
+    /// Nearest-rank percentile in µs (middle of the bucket).
+    fn percentile_us(&self, q: f64) -> f64 {
+        if self.n == 0 {
+            return f64::NAN;
+        }
+        let rank = ((q * self.n as f64).ceil() as u64).max(1);
+        let mut cum = 0;
+        for (i, &c) in self.count.iter().enumerate() {
+            cum += c;
+            if cum >= rank {
+                let i = i as u64;
+                if i < Self::SUB {
+                    return i as f64 / 1000.0;
+                }
+                let (b, sub) = (i / Self::SUB, i % Self::SUB);
+                let lo = ((Self::SUB + sub) << (b - 1)) as f64;
+                let hi = ((Self::SUB + sub + 1) << (b - 1)) as f64;
+                return (lo + hi) / 2.0 / 1000.0;
+            }
+        }
+        f64::NAN
+    }
 }
 
 // ---- JSON --------------------------------------------------------------------------
@@ -420,7 +470,7 @@ fn check_msg(pat: &Pat, m: &Message, seq: u64, len: usize, text: bool) -> Res<()
 async fn pingpong(a: &Args, pat: &Pat, j: &mut Json) -> Res<()> {
     let mut ws = connect(a, connector(a)?).await?;
     let total = (a.warmup + a.n) as u64;
-    let mut lat = Vec::with_capacity(a.n as usize);
+    let mut lat = Hist::new();
     let mut buf = Vec::with_capacity(a.size);
     let mut iv = Interval { t0: Instant::now(), t1: Instant::now(), cpu0: 0, cpu1: 0, srv0: 0, srv1: 0 };
     for seq in 0..total {
@@ -439,7 +489,7 @@ async fn pingpong(a: &Args, pat: &Pat, j: &mut Json) -> Res<()> {
         let t = Instant::now();
         check_msg(pat, &m, seq, a.size, true)?;
         if seq >= a.warmup as u64 {
-            lat.push((t - ts).as_nanos() as u64);
+            lat.add((t - ts).as_nanos() as u64);
         }
         if seq + 1 == total {
             iv.t1 = t;
@@ -449,8 +499,8 @@ async fn pingpong(a: &Args, pat: &Pat, j: &mut Json) -> Res<()> {
     iv.srv1 = proc_cpu_ns(a.server_pid);
     put_interval(j, a, a.n, &iv);
     j.num("warmup", a.warmup as f64);
-    j.num("rtt_median_us", percentile_us(&mut lat, 0.5, false));
-    j.num("rtt_p99_us", percentile_us(&mut lat, 0.99, true));
+    j.num("rtt_median_us", lat.percentile_us(0.5));
+    j.num("rtt_p99_us", lat.percentile_us(0.99));
     j.num("maxrss_kb", self_maxrss_kb() as f64);
     j.str("nodelay", nodelay_state());
     let _ = ws.close(None).await;
@@ -582,11 +632,12 @@ async fn fanout(a: &Args, pat: &Pat, j: &mut Json) -> Res<()> {
         tasks.spawn(async move {
             let mut tick = tokio::time::interval_at(tokio::time::Instant::from_std(first), period);
             let mut sent_at: Vec<Instant> = Vec::with_capacity(k_n as usize);
-            let mut lat: Vec<u64> = Vec::with_capacity(k_n as usize);
+            let mut lat = Hist::new();
+            let mut got: u64 = 0;
             let mut late_max = Duration::ZERO;
             let mut buf = Vec::with_capacity(size);
             let mut last = Instant::now();
-            while (lat.len() as u64) < k_n {
+            while got < k_n {
                 tokio::select! {
                     due = tick.tick(), if (sent_at.len() as u64) < k_n => {
                         let k = sent_at.len() as u64;
@@ -599,12 +650,13 @@ async fn fanout(a: &Args, pat: &Pat, j: &mut Json) -> Res<()> {
                     m = next_data(&mut ws) => {
                         let m = m?;
                         let t = Instant::now();
-                        let k = lat.len() as u64;
+                        let k = got;
                         if k >= sent_at.len() as u64 {
                             return Err(format!("conn {c}: echo {k} before it was sent"));
                         }
                         check_msg(&pat, &m, ((c as u64) << 32) | k, size, false)?;
-                        lat.push((t - sent_at[k as usize]).as_nanos() as u64);
+                        lat.add((t - sent_at[k as usize]).as_nanos() as u64);
+                        got += 1;
                         last = t;
                     }
                 }
@@ -612,13 +664,13 @@ async fn fanout(a: &Args, pat: &Pat, j: &mut Json) -> Res<()> {
             Ok::<_, String>((ws, lat, last, late_max))
         });
     }
-    let mut all_lat = Vec::with_capacity(c_n * k_n as usize);
+    let mut all_lat = Hist::new();
     let mut t1 = start;
     let mut late_max = Duration::ZERO;
     let mut done = Vec::with_capacity(c_n);
     while let Some(r) = tasks.join_next().await {
         let (ws, lat, last, lm) = r.map_err(|e| e.to_string())??;
-        all_lat.extend_from_slice(&lat);
+        all_lat.merge(&lat);
         t1 = t1.max(last);
         late_max = late_max.max(lm);
         done.push(ws);
@@ -628,8 +680,8 @@ async fn fanout(a: &Args, pat: &Pat, j: &mut Json) -> Res<()> {
     j.num("rate", a.rate as f64);
     j.num("duration_s", a.duration);
     put_interval(j, a, (c_n as u64 * k_n) as i64, &iv);
-    j.num("lat_median_us", percentile_us(&mut all_lat, 0.5, false));
-    j.num("lat_p99_us", percentile_us(&mut all_lat, 0.99, true));
+    j.num("lat_median_us", all_lat.percentile_us(0.5));
+    j.num("lat_p99_us", all_lat.percentile_us(0.99));
     j.num("send_late_max_us", late_max.as_secs_f64() * 1e6);
     j.str("nodelay", nodelay_state());
     futures_util::future::join_all(done.iter_mut().map(|ws| ws.close(None))).await;
