@@ -548,6 +548,14 @@ def write_report(records, info, path, jsonl_path, argv):
              "(each byte also comes back). \"srv busy\" = the echo server's CPU time ÷ the interval "
              "(max over repetitions; ≥ 0.9 is reported as saturated).\n")
 
+    oth = [r.get("others_cpus") for r in records if r.get("kind") == "run" and r.get("others_cpus") is not None]
+    if oth:
+        L.append("Machine load from other processes during the runs (CPUs kept busy outside this client and "
+                 "the server, from /proc/stat): median %.2f, max %.2f of %s CPUs. On a loaded machine the "
+                 "client shares its CPU with other jobs; latency (pingpong, fanout) suffers most: a woken "
+                 "process may wait for the other job's time slice (≈ 3 ms p99 here).\n" % (
+                     statistics.median(oth), max(oth), info.get("nproc")))
+
     def cell(s):
         if not s:
             return "–"

@@ -911,6 +911,9 @@ impl Client {
                     Ok(Some((used, resp))) => {
                         link.hs = None;
                         link.phase = Phase::Open;
+                        // The request's buffer is not needed any more: an
+                        // idle connection holds no send buffer.
+                        link.tx.trim();
                         link.conn = Some(Box::new(Conn::new(max_rx)));
                         link.connect_deadline = None;
                         link.next_ping = ping.map(|d| Instant::now() + d);

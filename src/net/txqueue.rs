@@ -10,8 +10,10 @@ use std::collections::VecDeque;
 
 /// Size of a regular chunk; larger frames get a chunk of their own size.
 const CHUNK: usize = 64 * 1024;
-/// First chunk of an empty queue: most connections send small messages.
+/// Largest first chunk of an empty queue: most connections send small
+/// messages, one at a time.
 const FIRST_CHUNK: usize = 4 * 1024;
+const MIN_CHUNK: usize = 256;
 /// Chunks handed to one `writev`.
 pub const MAX_IOV: usize = 64;
 /// Written chunks kept for reuse while the connection is busy (4 MiB):
@@ -44,7 +46,13 @@ impl TxQueue {
     pub fn tail(&mut self, room: usize) -> &mut Vec<u8> {
         let fits = self.chunks.back().is_some_and(|c| c.capacity() - c.len() >= room);
         if !fits {
-            let want = if self.chunks.is_empty() { FIRST_CHUNK } else { CHUNK }.max(room);
+            // The first chunk fits the message (small messages stay small);
+            // a queue that already holds data is in a burst: go big.
+            let want = if self.chunks.is_empty() {
+                room.next_power_of_two().clamp(MIN_CHUNK, FIRST_CHUNK).max(room)
+            } else {
+                CHUNK.max(room)
+            };
             let chunk = match self.spare.last() {
                 Some(c) if c.capacity() >= want => self.spare.pop().expect("checked"),
                 // A small spare is not worth keeping once bigger ones are needed.
