@@ -209,8 +209,11 @@ typedef struct pj_websock_cb {
                     pj_size_t len);
   /**
    * The open connection ended. `status_code` is the peer's close code
-   * (1005 for a close frame without one), or 0 when the transport failed
-   * without a close handshake; `reason` is valid only during the call.
+   * (1005 for a close frame without one); when the library failed the
+   * connection because the peer broke the protocol, the code it sent
+   * (1002, 1007 or 1009); 0 when the transport failed, the peer went
+   * silent or the close handshake timed out without a close frame.
+   * `reason` is valid only during the call. Called once per connection.
    */
   void (*on_close)(struct pj_websock *ws, pj_uint16_t status_code, const struct pj_str_t *reason);
 } pj_websock_cb;

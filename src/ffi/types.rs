@@ -143,8 +143,11 @@ pub struct pj_websock_cb {
         ),
     >,
     /// The open connection ended. `status_code` is the peer's close code
-    /// (1005 for a close frame without one), or 0 when the transport failed
-    /// without a close handshake; `reason` is valid only during the call.
+    /// (1005 for a close frame without one); when the library failed the
+    /// connection because the peer broke the protocol, the code it sent
+    /// (1002, 1007 or 1009); 0 when the transport failed, the peer went
+    /// silent or the close handshake timed out without a close frame.
+    /// `reason` is valid only during the call. Called once per connection.
     pub on_close:
         Option<unsafe extern "C" fn(ws: *mut pj_websock, status_code: pj_uint16_t, reason: *const pj_str_t)>,
 }

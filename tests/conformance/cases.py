@@ -983,18 +983,10 @@ case("read-small-writes-failure", ["read.small-writes", "close.invalid-codes"],
 # remove the entry with the fix). Listed in docs/CONFORMANCE.md.
 
 KNOWN_ISSUES = {
-    "close-failure-server-silent":
-        "After the client fails the connection (1002/1007/1009) and the server neither answers nor "
-        "closes TCP, the close-timeout path overwrites the failure: on_close(0) instead of the code "
-        "sent, close_info.initiator PJ_WEBSOCK_CLOSE_TIMEOUT instead of PJ_WEBSOCK_CLOSE_PROTOCOL and "
-        "status PJ_WEBSOCK_ECLOSETIMEOUT instead of PJ_WEBSOCK_EPROTOCOL (src/client.rs handle_timer). "
-        "When the server does close TCP the same failure is reported as PROTOCOL/EPROTOCOL/1002.",
-    "hs-status-rejected-101":
-        "pj_websock_get_http_status() returns 0 after a 101 response rejected for its headers "
-        "(bad accept, upgrade, connection, subprotocol, extension), although a response arrived "
-        "(the header documents 0 only for 'none arrived'); only non-101 statuses are recorded "
-        "(src/client.rs process(): http_status is set for HandshakeError::BadStatus only). "
-        "pj_websock_get_http_response() does return the head.",
+    # Both deviations the suite first found are fixed (commit c000121):
+    # close-failure-server-silent (close timeout after a protocol failure
+    # overwrote PROTOCOL/EPROTOCOL/1002) and hs-status-rejected-101
+    # (pj_websock_get_http_status() gave 0 for a rejected 101).
 }
 
 # ---------------------------------------------------------------------------
