@@ -21,8 +21,8 @@ use crate::net::evloop::{self, EventLoop, Handler, LoopCtx, TimerId, Token};
 use crate::net::sock::Socket;
 use crate::net::tls::{self, HandshakeStep, TlsConfig, TlsIoError, TlsSession, TlsStream};
 use crate::net::txqueue::{TxQueue, MAX_IOV};
-use crate::net::worker;
 use crate::net::url::WsUrl;
+use crate::net::worker;
 use crate::proto::close;
 use crate::proto::conn::{Conn, Event, Payload};
 use crate::proto::frame::{OpCode, MAX_HEADER_LEN};
@@ -190,7 +190,10 @@ enum Deliver<'a> {
 /// Monotonic time in nanoseconds: cheaper than `Instant` arithmetic on
 /// the per-message paths.
 fn mono_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid clock id and output struct.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -237,7 +240,14 @@ fn no_close_info() -> pj_websock_close_info {
 }
 
 impl Link {
-    fn new(attempt: u64, url: &WsUrl, hs: Handshake, request: Vec<u8>, deadline: Instant, tls_plan: Option<TlsPlan>) -> Link {
+    fn new(
+        attempt: u64,
+        url: &WsUrl,
+        hs: Handshake,
+        request: Vec<u8>,
+        deadline: Instant,
+        tls_plan: Option<TlsPlan>,
+    ) -> Link {
         Link {
             phase: Phase::Resolving,
             attempt,
@@ -286,13 +296,15 @@ impl Link {
             self.flush_deadline,
             self.next_ping,
         ]
-            .into_iter()
-            .flatten()
-            .min()
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     fn io_read(&mut self, buf: &mut [u8]) -> Io {
-        let Some((sock, _)) = self.sock.as_ref() else { return Io::Eof };
+        let Some((sock, _)) = self.sock.as_ref() else {
+            return Io::Eof;
+        };
         if let Some(t) = self.tls.as_mut() {
             return match t.read(buf) {
                 Ok(0) => Io::Eof,
@@ -316,7 +328,9 @@ impl Link {
     /// Writes from the front of the send queue: several chunks at once
     /// over TCP, the front chunk through TLS.
     fn write_some(&mut self) -> Io {
-        let Some((sock, _)) = self.sock.as_ref() else { return Io::Eof };
+        let Some((sock, _)) = self.sock.as_ref() else {
+            return Io::Eof;
+        };
         if let Some(t) = self.tls.as_mut() {
             return match t.write(self.tx.front()) {
                 Ok(n) => Io::Done(n),
@@ -325,7 +339,10 @@ impl Link {
                 Err(TlsIoError::Failed(s)) => Io::Failed(s),
             };
         }
-        let mut iov = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; MAX_IOV];
+        let mut iov = [libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        }; MAX_IOV];
         let n = self.tx.iovecs(&mut iov);
         loop {
             return match sock.writev(&iov[..n]) {
@@ -352,7 +369,9 @@ impl Link {
                 Io::Failed(e) => return Err(e),
             }
         }
-        let Some((sock, token)) = self.sock.as_ref() else { return Ok(()) };
+        let Some((sock, token)) = self.sock.as_ref() else {
+            return Ok(());
+        };
         let pending = !self.tx.is_empty();
         if !pending {
             self.flush_deadline = None;
@@ -379,7 +398,11 @@ impl Client {
             inner: Mutex::new(Inner {
                 state: pj_websock_readystate::PJ_WEBSOCK_STATE_CLOSED,
                 cfg: Config {
-                    max_rx: if param.max_rx_msg_size == 0 { DEFAULT_MAX_RX } else { param.max_rx_msg_size },
+                    max_rx: if param.max_rx_msg_size == 0 {
+                        DEFAULT_MAX_RX
+                    } else {
+                        param.max_rx_msg_size
+                    },
                     ping_interval: ping,
                     connect_timeout: DEFAULT_CONNECT_TIMEOUT,
                     close_timeout: DEFAULT_CLOSE_TIMEOUT,
@@ -397,7 +420,10 @@ impl Client {
             cb: param.cb,
             user_data: AtomicPtr::new(param.user_data),
             ssl_param: param.ssl_param as usize,
-            gate: Mutex::new(Gate { destroyed: false, running: false }),
+            gate: Mutex::new(Gate {
+                destroyed: false,
+                running: false,
+            }),
             gate_cv: Condvar::new(),
         })
     }
@@ -444,7 +470,12 @@ impl Client {
         g.tls_ext.ca_dir = dir;
     }
 
-    pub fn set_tls_cert(&self, cert: Option<String>, key: Option<String>, password: Option<String>) {
+    pub fn set_tls_cert(
+        &self,
+        cert: Option<String>,
+        key: Option<String>,
+        password: Option<String>,
+    ) {
         let mut g = lock(&self.inner);
         g.tls_ext.cert_file = cert;
         g.tls_ext.key_file = key;
@@ -501,12 +532,21 @@ impl Client {
         };
         let mut key = [0u8; 16];
         rand::fill(&mut key);
-        let extra: Vec<(&[u8], &[u8])> = req.extra.iter().map(|(n, v)| (n.as_slice(), v.as_slice())).collect();
-        let (hs, request) =
-            match Handshake::new(&req.url.host_header(), &req.url.resource, req.subprotocols.as_deref(), &extra, key) {
-                Ok(x) => x,
-                Err(_) => return PJ_EINVAL,
-            };
+        let extra: Vec<(&[u8], &[u8])> = req
+            .extra
+            .iter()
+            .map(|(n, v)| (n.as_slice(), v.as_slice()))
+            .collect();
+        let (hs, request) = match Handshake::new(
+            &req.url.host_header(),
+            &req.url.resource,
+            req.subprotocols.as_deref(),
+            &extra,
+            key,
+        ) {
+            Ok(x) => x,
+            Err(_) => return PJ_EINVAL,
+        };
         let mut g = lock(&self.inner);
         if g.state != pj_websock_readystate::PJ_WEBSOCK_STATE_CLOSED || g.link.is_some() {
             return PJ_EINVALIDOP;
@@ -543,16 +583,22 @@ impl Client {
             return PJ_EINVALIDOP;
         }
         let max = g.cfg.max_buffered;
-        let Some(link) = g.link.as_mut() else { return PJ_EINVALIDOP };
+        let Some(link) = g.link.as_mut() else {
+            return PJ_EINVALIDOP;
+        };
         let buffered = link.buffered();
-        let Some(conn) = link.conn.as_mut() else { return PJ_EINVALIDOP };
+        let Some(conn) = link.conn.as_mut() else {
+            return PJ_EINVALIDOP;
+        };
         if conn.close_sent() {
             return PJ_EINVALIDOP;
         }
         if buffered > 0 && buffered.saturating_add(data.len()) > max {
             return PJ_EBUSY;
         }
-        link.tx.append_with(data.len() + MAX_HEADER_LEN, |b| conn.send_frame(op, data, mask(), b));
+        link.tx.append_with(data.len() + MAX_HEADER_LEN, |b| {
+            conn.send_frame(op, data, mask(), b)
+        });
         let now = mono_ns();
         // A send right after another is part of a burst: coalesce it with
         // the next ones into one write instead of a syscall per message.
@@ -561,7 +607,9 @@ impl Client {
         if link.out_armed || link.write_err.is_some() {
             return PJ_SUCCESS; // the loop drains the queue when writable
         }
-        let Some(lp) = evloop::try_get() else { return PJ_SUCCESS };
+        let Some(lp) = evloop::try_get() else {
+            return PJ_SUCCESS;
+        };
         if !burst || link.buffered() >= COALESCE_BYTES {
             if let Err(e) = link.flush(lp) {
                 self.defer_write_error(lp, link, e);
@@ -589,7 +637,9 @@ impl Client {
             pj_websock_readystate::PJ_WEBSOCK_STATE_OPEN => {}
             pj_websock_readystate::PJ_WEBSOCK_STATE_CONNECTING => {
                 // Abort the attempt; on_connect(PJ_ECANCELLED) follows.
-                let Some(link) = g.link.as_mut() else { return PJ_EINVALIDOP };
+                let Some(link) = g.link.as_mut() else {
+                    return PJ_EINVALIDOP;
+                };
                 if link.cancel {
                     return PJ_EINVALIDOP;
                 }
@@ -608,10 +658,16 @@ impl Client {
         g.state = pj_websock_readystate::PJ_WEBSOCK_STATE_CLOSING;
         g.info.initiator = pj_websock_close_initiator::PJ_WEBSOCK_CLOSE_LOCAL;
         g.info.code_sent = code;
-        let Some(link) = g.link.as_mut() else { return PJ_EINVALIDOP };
-        let Some(conn) = link.conn.as_mut() else { return PJ_EINVALIDOP };
+        let Some(link) = g.link.as_mut() else {
+            return PJ_EINVALIDOP;
+        };
+        let Some(conn) = link.conn.as_mut() else {
+            return PJ_EINVALIDOP;
+        };
         let code = if code == 0 { None } else { Some(code) };
-        link.tx.append_with(2 + reason.len() + MAX_HEADER_LEN, |b| conn.send_close(code, reason, mask(), b));
+        link.tx.append_with(2 + reason.len() + MAX_HEADER_LEN, |b| {
+            conn.send_close(code, reason, mask(), b)
+        });
         link.phase = Phase::Closing;
         link.next_ping = None;
         link.close_deadline = Some(Instant::now() + close_timeout);
@@ -751,7 +807,11 @@ impl Client {
 
     /// Starts a TCP connect to the next resolved address, or fails the
     /// attempt when none is left.
-    fn try_next_addr(self: &Arc<Self>, ctx: &mut LoopCtx, g: &mut Inner) -> Option<Deliver<'static>> {
+    fn try_next_addr(
+        self: &Arc<Self>,
+        ctx: &mut LoopCtx,
+        g: &mut Inner,
+    ) -> Option<Deliver<'static>> {
         let lp = ctx.event_loop();
         let link = g.link.as_mut()?;
         if let Some((sock, token)) = link.sock.take() {
@@ -771,7 +831,9 @@ impl Client {
             match ctx.register(sock.fd(), self.clone(), EV_IN | EV_OUT) {
                 Ok(token) => {
                     let now = Instant::now();
-                    let remaining = link.connect_deadline.map_or(DEFAULT_CONNECT_TIMEOUT, |d| d.saturating_duration_since(now));
+                    let remaining = link.connect_deadline.map_or(DEFAULT_CONNECT_TIMEOUT, |d| {
+                        d.saturating_duration_since(now)
+                    });
                     let left = (link.addrs.len() - link.next_addr + 1) as u32;
                     // Share the budget among the addresses left, but give
                     // each a fair chance on a slow network.
@@ -791,7 +853,12 @@ impl Client {
     }
 
     /// Ends a connect attempt with `status`.
-    fn fail_connect(&self, ctx: &mut LoopCtx, g: &mut Inner, status: pj_status_t) -> Option<Deliver<'static>> {
+    fn fail_connect(
+        &self,
+        ctx: &mut LoopCtx,
+        g: &mut Inner,
+        status: pj_status_t,
+    ) -> Option<Deliver<'static>> {
         let link = g.link.take()?;
         self.release(ctx, link);
         g.state = pj_websock_readystate::PJ_WEBSOCK_STATE_CLOSED;
@@ -834,7 +901,11 @@ impl Client {
         Some(Deliver::Close(code, reason))
     }
 
-    fn on_connected(self: &Arc<Self>, ctx: &mut LoopCtx, g: &mut Inner) -> Option<Deliver<'static>> {
+    fn on_connected(
+        self: &Arc<Self>,
+        ctx: &mut LoopCtx,
+        g: &mut Inner,
+    ) -> Option<Deliver<'static>> {
         let link = g.link.as_mut()?;
         link.addr_deadline = None;
         if let Some(plan) = link.tls_plan.take() {
@@ -865,7 +936,11 @@ impl Client {
             }
             HandshakeStep::Pending { want_write } => {
                 if let Some((sock, token)) = link.sock.as_ref() {
-                    let _ = lp.modify(sock.fd(), *token, if want_write { EV_IN | EV_OUT } else { EV_IN });
+                    let _ = lp.modify(
+                        sock.fd(),
+                        *token,
+                        if want_write { EV_IN | EV_OUT } else { EV_IN },
+                    );
                 }
                 link.out_armed = want_write;
                 self.rearm(lp, link);
@@ -878,7 +953,11 @@ impl Client {
         }
     }
 
-    fn start_ws_handshake(self: &Arc<Self>, ctx: &mut LoopCtx, g: &mut Inner) -> Option<Deliver<'static>> {
+    fn start_ws_handshake(
+        self: &Arc<Self>,
+        ctx: &mut LoopCtx,
+        g: &mut Inner,
+    ) -> Option<Deliver<'static>> {
         let lp = ctx.event_loop();
         let link = g.link.as_mut()?;
         link.phase = Phase::Handshaking;
@@ -897,15 +976,24 @@ impl Client {
 
     /// Feeds received bytes to the handshake or the protocol engine until
     /// one callback is due. Returns the bytes consumed.
-    fn process<'a>(self: &Arc<Self>, ctx: &mut LoopCtx, g: &mut Inner, input: &'a [u8]) -> (usize, Option<Deliver<'a>>) {
+    fn process<'a>(
+        self: &Arc<Self>,
+        ctx: &mut LoopCtx,
+        g: &mut Inner,
+        input: &'a [u8],
+    ) -> (usize, Option<Deliver<'a>>) {
         let lp = ctx.event_loop();
         let max_rx = g.cfg.max_rx;
         let ping = g.cfg.ping_interval;
         let close_timeout = g.cfg.close_timeout;
-        let Some(link) = g.link.as_mut() else { return (input.len(), None) };
+        let Some(link) = g.link.as_mut() else {
+            return (input.len(), None);
+        };
         match link.phase {
             Phase::Handshaking => {
-                let Some(hs) = link.hs.as_mut() else { return (input.len(), None) };
+                let Some(hs) = link.hs.as_mut() else {
+                    return (input.len(), None);
+                };
                 match hs.feed(input) {
                     Ok(None) => (input.len(), None),
                     Ok(Some((used, resp))) => {
@@ -934,7 +1022,9 @@ impl Client {
                 }
             }
             Phase::Open | Phase::Closing => {
-                let Some(conn) = link.conn.as_mut() else { return (input.len(), None) };
+                let Some(conn) = link.conn.as_mut() else {
+                    return (input.len(), None);
+                };
                 let (used, ev) = conn.feed(input, &mut ctx.scratch, &mut mask);
                 if !ctx.scratch.is_empty() {
                     link.tx.push(&ctx.scratch);
@@ -1151,24 +1241,47 @@ impl Client {
             Phase::Resolving | Phase::Connecting | Phase::TlsHandshaking | Phase::Handshaking => {
                 self.fail_connect(ctx, g, PJ_WEBSOCK_ECONNCLOSED)
             }
-            Phase::Open => self.finish(ctx, g, Some(pj_websock_close_initiator::PJ_WEBSOCK_CLOSE_TRANSPORT), PJ_EEOF),
+            Phase::Open => self.finish(
+                ctx,
+                g,
+                Some(pj_websock_close_initiator::PJ_WEBSOCK_CLOSE_TRANSPORT),
+                PJ_EEOF,
+            ),
             Phase::Closing => {
-                let status = if link.close_received.is_some() { PJ_SUCCESS } else { PJ_EEOF };
+                let status = if link.close_received.is_some() {
+                    PJ_SUCCESS
+                } else {
+                    PJ_EEOF
+                };
                 self.finish(ctx, g, None, status)
             }
         }
     }
 
-    fn transport_failed(&self, ctx: &mut LoopCtx, g: &mut Inner, status: pj_status_t) -> Option<Deliver<'static>> {
+    fn transport_failed(
+        &self,
+        ctx: &mut LoopCtx,
+        g: &mut Inner,
+        status: pj_status_t,
+    ) -> Option<Deliver<'static>> {
         let link = g.link.as_ref()?;
         match link.phase {
             Phase::Resolving | Phase::Connecting | Phase::TlsHandshaking | Phase::Handshaking => {
                 self.fail_connect(ctx, g, status)
             }
-            Phase::Open => self.finish(ctx, g, Some(pj_websock_close_initiator::PJ_WEBSOCK_CLOSE_TRANSPORT), status),
+            Phase::Open => self.finish(
+                ctx,
+                g,
+                Some(pj_websock_close_initiator::PJ_WEBSOCK_CLOSE_TRANSPORT),
+                status,
+            ),
             Phase::Closing => {
                 // After the close handshake a reset is as good as a FIN.
-                let st = if link.close_received.is_some() { PJ_SUCCESS } else { status };
+                let st = if link.close_received.is_some() {
+                    PJ_SUCCESS
+                } else {
+                    status
+                };
                 self.finish(ctx, g, None, st)
             }
         }
@@ -1194,7 +1307,8 @@ impl Client {
             }
         }
         let Some(link) = g.link.as_mut() else { return };
-        let d = if due(link.connect_deadline) && !matches!(link.phase, Phase::Open | Phase::Closing) {
+        let d = if due(link.connect_deadline) && !matches!(link.phase, Phase::Open | Phase::Closing)
+        {
             self.fail_connect(ctx, &mut g, PJ_WEBSOCK_ECONNECTTIMEOUT)
         } else if due(link.tls_deadline) && link.phase == Phase::TlsHandshaking {
             self.fail_connect(ctx, &mut g, PJ_WEBSOCK_ETLS_TIMEOUT)
@@ -1211,23 +1325,36 @@ impl Client {
                 self.finish(ctx, &mut g, None, st)
             } else {
                 g.info.status = PJ_WEBSOCK_ECLOSETIMEOUT;
-                self.finish(ctx, &mut g, Some(pj_websock_close_initiator::PJ_WEBSOCK_CLOSE_TIMEOUT), PJ_WEBSOCK_ECLOSETIMEOUT)
+                self.finish(
+                    ctx,
+                    &mut g,
+                    Some(pj_websock_close_initiator::PJ_WEBSOCK_CLOSE_TIMEOUT),
+                    PJ_WEBSOCK_ECLOSETIMEOUT,
+                )
             }
         } else if due(link.next_ping) && link.phase == Phase::Open {
             if link.ping_sent_at.is_some_and(|t| link.last_rx < t) {
                 g.info.status = PJ_WEBSOCK_EPINGTIMEOUT;
-                self.finish(ctx, &mut g, Some(pj_websock_close_initiator::PJ_WEBSOCK_CLOSE_TIMEOUT), PJ_WEBSOCK_EPINGTIMEOUT)
+                self.finish(
+                    ctx,
+                    &mut g,
+                    Some(pj_websock_close_initiator::PJ_WEBSOCK_CLOSE_TIMEOUT),
+                    PJ_WEBSOCK_EPINGTIMEOUT,
+                )
             } else {
                 // A connection quiet for a whole interval gives its buffers
                 // back; they grow again with the traffic.
-                if link.buffered() == 0 && mono_ns().saturating_sub(link.last_send) >= 1_000_000_000 {
+                if link.buffered() == 0 && mono_ns().saturating_sub(link.last_send) >= 1_000_000_000
+                {
                     link.tx.trim();
                     if let Some(conn) = link.conn.as_mut() {
                         conn.shrink();
                     }
                 }
                 if let Some(conn) = link.conn.as_mut() {
-                    link.tx.append_with(MAX_HEADER_LEN, |b| conn.send_frame(OpCode::Ping, &[], mask(), b));
+                    link.tx.append_with(MAX_HEADER_LEN, |b| {
+                        conn.send_frame(OpCode::Ping, &[], mask(), b)
+                    });
                 }
                 link.ping_sent_at = Some(mono_ns());
                 link.next_ping = ping.map(|d| now + d);
@@ -1289,7 +1416,10 @@ impl Client {
                 }
                 Deliver::Close(code, reason) => {
                     if let Some(f) = self.cb.on_close {
-                        let s = pj_str_t { ptr: reason.as_ptr() as *mut _, slen: reason.len() as pj_ssize_t };
+                        let s = pj_str_t {
+                            ptr: reason.as_ptr() as *mut _,
+                            slen: reason.len() as pj_ssize_t,
+                        };
                         f(ws, code, &s);
                     }
                 }
@@ -1333,7 +1463,10 @@ fn status_of(head: &[u8]) -> u16 {
     let mut parts = head.splitn(3, |&b| b == b' ');
     match (parts.next(), parts.next()) {
         (Some(v), Some(code)) if v.starts_with(b"HTTP/") && code.len() == 3 => {
-            std::str::from_utf8(code).ok().and_then(|c| c.parse().ok()).unwrap_or(0)
+            std::str::from_utf8(code)
+                .ok()
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0)
         }
         _ => 0,
     }
@@ -1349,7 +1482,10 @@ fn link_is_plain(g: &Inner) -> bool {
 fn tls_plan(ext: &TlsExt, req: &ConnectRequest) -> Result<TlsPlan, pj_status_t> {
     let sp = req.ssl_param.clone();
     let verify = ext.force_verify || sp.as_ref().is_none_or(|p| p.verify_peer);
-    let name = sp.as_ref().and_then(|p| p.server_name.clone()).unwrap_or_else(|| req.url.host.clone());
+    let name = sp
+        .as_ref()
+        .and_then(|p| p.server_name.clone())
+        .unwrap_or_else(|| req.url.host.clone());
     let cfg = TlsConfig {
         verify,
         proto: sp.as_ref().map_or(0, |p| p.proto),
@@ -1371,7 +1507,14 @@ fn tls_plan(ext: &TlsExt, req: &ConnectRequest) -> Result<TlsPlan, pj_status_t> 
             ),
         );
     }
-    Ok(TlsPlan { cfg, sess: TlsSession { name, pins: ext.pins.clone() }, timeout: sp.and_then(|p| p.timeout) })
+    Ok(TlsPlan {
+        cfg,
+        sess: TlsSession {
+            name,
+            pins: ext.pins.clone(),
+        },
+        timeout: sp.and_then(|p| p.timeout),
+    })
 }
 
 /// Validates a close code and reason for `pj_websock_close`.
@@ -1396,7 +1539,12 @@ mod tests {
     /// 4 KiB resident per connection, all included).
     #[test]
     fn instance_is_small() {
-        let (c, i, l, k) = (size_of::<Client>(), size_of::<Inner>(), size_of::<Link>(), size_of::<Conn>());
+        let (c, i, l, k) = (
+            size_of::<Client>(),
+            size_of::<Inner>(),
+            size_of::<Link>(),
+            size_of::<Conn>(),
+        );
         println!("Client {c} (Inner {i}), Link {l}, Conn {k}");
         assert!(c + l + k < 2048, "Client {c} + Link {l} + Conn {k}");
     }

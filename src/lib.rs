@@ -9,11 +9,11 @@
 pub mod client;
 pub mod ffi;
 /// cbindgen:ignore
+mod log;
+/// cbindgen:ignore
 pub mod net;
 /// cbindgen:ignore
 mod pjlib;
 /// cbindgen:ignore
 pub mod proto;
 pub mod status;
-/// cbindgen:ignore
-mod log;

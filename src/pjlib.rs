@@ -9,10 +9,12 @@ use std::sync::OnceLock;
 
 use crate::ffi::types::{pj_size_t, pj_status_t, pj_str_t};
 
-type ThreadRegisterFn = unsafe extern "C" fn(*const c_char, *mut c_long, *mut *mut c_void) -> pj_status_t;
+type ThreadRegisterFn =
+    unsafe extern "C" fn(*const c_char, *mut c_long, *mut *mut c_void) -> pj_status_t;
 type ThreadIsRegisteredFn = unsafe extern "C" fn() -> i32;
 type ErrorCallback = unsafe extern "C" fn(pj_status_t, *mut c_char, pj_size_t) -> pj_str_t;
-type RegisterStrerrorFn = unsafe extern "C" fn(pj_status_t, pj_status_t, ErrorCallback) -> pj_status_t;
+type RegisterStrerrorFn =
+    unsafe extern "C" fn(pj_status_t, pj_status_t, ErrorCallback) -> pj_status_t;
 
 extern "C" {
     fn pjws_weak_thread_register() -> Option<ThreadRegisterFn>;
@@ -39,13 +41,19 @@ fn api() -> &'static Api {
         unsafe {
             Api {
                 thread_register: pjws_weak_thread_register().or_else(|| {
-                    std::mem::transmute::<*mut c_void, Option<ThreadRegisterFn>>(dlsym(c"pj_thread_register"))
+                    std::mem::transmute::<*mut c_void, Option<ThreadRegisterFn>>(dlsym(
+                        c"pj_thread_register",
+                    ))
                 }),
                 thread_is_registered: pjws_weak_thread_is_registered().or_else(|| {
-                    std::mem::transmute::<*mut c_void, Option<ThreadIsRegisteredFn>>(dlsym(c"pj_thread_is_registered"))
+                    std::mem::transmute::<*mut c_void, Option<ThreadIsRegisteredFn>>(dlsym(
+                        c"pj_thread_is_registered",
+                    ))
                 }),
                 register_strerror: pjws_weak_register_strerror().or_else(|| {
-                    std::mem::transmute::<*mut c_void, Option<RegisterStrerrorFn>>(dlsym(c"pj_register_strerror"))
+                    std::mem::transmute::<*mut c_void, Option<RegisterStrerrorFn>>(dlsym(
+                        c"pj_register_strerror",
+                    ))
                 }),
             }
         }
@@ -91,7 +99,11 @@ pub fn register_strerror() {
     if let Some(f) = api().register_strerror {
         // SAFETY: pjlib API; a second registration just returns an error.
         unsafe {
-            f(crate::status::PJ_WEBSOCK_ERRNO_START, 50000, crate::ffi::api::pj_websock_strerror);
+            f(
+                crate::status::PJ_WEBSOCK_ERRNO_START,
+                50000,
+                crate::ffi::api::pj_websock_strerror,
+            );
         }
     }
 }

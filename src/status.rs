@@ -109,7 +109,11 @@ pub fn from_os(errno: i32) -> pj_status_t {
 
 /// The last OS error as a pjlib status.
 pub fn last_os_error() -> pj_status_t {
-    from_os(std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO))
+    from_os(
+        std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO),
+    )
 }
 
 /// A human-readable description of `status`; None when unknown.

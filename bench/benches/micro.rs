@@ -16,7 +16,9 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use pjwebsock::proto::frame::{apply_mask, decode_header, encode_frame, encode_header, OpCode, MAX_HEADER_LEN};
+use pjwebsock::proto::frame::{
+    apply_mask, decode_header, encode_frame, encode_header, OpCode, MAX_HEADER_LEN,
+};
 use pjwebsock::proto::utf8::Utf8Validator;
 use pjwebsock_bench::{pattern, utf8_text};
 
@@ -28,8 +30,12 @@ fn masking(c: &mut Criterion) {
         let mut g = c.benchmark_group(name);
         g.throughput(Throughput::Bytes(len as u64));
         let mut buf = src.clone();
-        g.bench_function("apply_mask", |b| b.iter(|| apply_mask(black_box(&mut buf), MASK, 0)));
-        g.bench_function("apply_mask_offset3", |b| b.iter(|| apply_mask(black_box(&mut buf), MASK, 3)));
+        g.bench_function("apply_mask", |b| {
+            b.iter(|| apply_mask(black_box(&mut buf), MASK, 0))
+        });
+        g.bench_function("apply_mask_offset3", |b| {
+            b.iter(|| apply_mask(black_box(&mut buf), MASK, 3))
+        });
         let mut out = Vec::with_capacity(len + MAX_HEADER_LEN);
         g.bench_function("encode_frame", |b| {
             b.iter(|| {
@@ -75,7 +81,9 @@ fn utf8(c: &mut Criterion) {
                 black_box(v.is_complete())
             })
         });
-        g.bench_function(format!("std_from_utf8/{kind}"), |b| b.iter(|| black_box(std::str::from_utf8(black_box(&text)).is_ok())));
+        g.bench_function(format!("std_from_utf8/{kind}"), |b| {
+            b.iter(|| black_box(std::str::from_utf8(black_box(&text)).is_ok()))
+        });
     }
     g.finish();
 }
@@ -86,7 +94,15 @@ fn header(c: &mut Criterion) {
     for (name, len) in [("7bit", 64u64), ("16bit", 640), ("64bit", 1 << 20)] {
         let mut h = [0u8; MAX_HEADER_LEN];
         g.bench_function(format!("encode/{name}"), |b| {
-            b.iter(|| black_box(encode_header(true, OpCode::Bin, Some(MASK), black_box(len), &mut h)))
+            b.iter(|| {
+                black_box(encode_header(
+                    true,
+                    OpCode::Bin,
+                    Some(MASK),
+                    black_box(len),
+                    &mut h,
+                ))
+            })
         });
         let n = encode_header(true, OpCode::Bin, Some(MASK), len, &mut h);
         let mut wire = h[..n].to_vec();

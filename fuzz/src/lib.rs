@@ -141,7 +141,10 @@ fn check_client_close_body(p: &[u8]) {
         "client sent invalid close code {code}"
     );
     assert!(p.len() - 2 <= close::MAX_REASON_LEN);
-    assert!(std::str::from_utf8(&p[2..]).is_ok(), "close reason not UTF-8");
+    assert!(
+        std::str::from_utf8(&p[2..]).is_ok(),
+        "close reason not UTF-8"
+    );
 }
 
 /// Index of the first byte of `b` that makes it definitely invalid UTF-8
@@ -153,7 +156,9 @@ pub fn utf8_proof(b: &[u8]) -> Option<usize> {
         Err(e) => {
             let v = e.valid_up_to();
             (v + 1..=b.len().min(v + 4))
-                .find(|&k| matches!(std::str::from_utf8(&b[v..k]), Err(e) if e.error_len().is_some()))
+                .find(
+                    |&k| matches!(std::str::from_utf8(&b[v..k]), Err(e) if e.error_len().is_some()),
+                )
                 .map(|k| k - 1)
                 .or(Some(v))
         }
@@ -200,8 +205,16 @@ pub fn frame_decode(data: &[u8]) {
                 Some(126) => 4,
                 Some(127) => 10,
                 Some(_) => 2,
-            } + if data.get(1).is_some_and(|b| b & 0x80 != 0) { 4 } else { 0 };
-            assert!(data.len() < need, "need more with {} of {need} bytes", data.len());
+            } + if data.get(1).is_some_and(|b| b & 0x80 != 0) {
+                4
+            } else {
+                0
+            };
+            assert!(
+                data.len() < need,
+                "need more with {} of {need} bytes",
+                data.len()
+            );
         }
         Err(FrameError::LengthOverflow) => {
             assert!(data.len() >= 10 && data[1] & 0x7F == 127 && data[2] & 0x80 != 0);
@@ -235,11 +248,18 @@ pub fn frame_decode(data: &[u8]) {
 pub const HS_KEY: [u8; 16] = *b"the sample nonce";
 pub const HS_ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
 
-const OFFERS: [Option<&[u8]>; 4] = [None, Some(b"chat"), Some(b"chat, superchat"), Some(b"a,b , c")];
+const OFFERS: [Option<&[u8]>; 4] = [
+    None,
+    Some(b"chat"),
+    Some(b"chat, superchat"),
+    Some(b"a,b , c"),
+];
 
 /// Input: [offer selector, split seed, response bytes...].
 pub fn handshake_response(data: &[u8]) {
-    let (Some(&sel), Some(&seed)) = (data.first(), data.get(1)) else { return };
+    let (Some(&sel), Some(&seed)) = (data.first(), data.get(1)) else {
+        return;
+    };
     let input = &data[2..];
     let offer = OFFERS[usize::from(sel) % OFFERS.len()];
     let offered: Vec<String> = offer
@@ -292,7 +312,9 @@ pub fn handshake_response(data: &[u8]) {
     // Finished handshakes repeat their outcome without consuming.
     if !matches!(one, Ok(None)) {
         match hs1.feed(b"HTTP/1.1 101 x\r\n\r\n") {
-            Ok(Some((0, r))) => assert_eq!(Ok(Some(r.subprotocol)), one.clone().map(|o| o.map(|x| x.1))),
+            Ok(Some((0, r))) => {
+                assert_eq!(Ok(Some(r.subprotocol)), one.clone().map(|o| o.map(|x| x.1)))
+            }
             Err(e) => assert_eq!(Some(&e), one.as_ref().err()),
             other => panic!("finished handshake gave {other:?}"),
         }
@@ -316,7 +338,11 @@ pub fn handshake_response(data: &[u8]) {
             }
         }
     }
-    assert_eq!(one, split, "one-shot and split handshakes differ ({:?})", bounds);
+    assert_eq!(
+        one, split,
+        "one-shot and split handshakes differ ({:?})",
+        bounds
+    );
     if one.is_err() {
         assert_eq!(hs1.response_head(), hs2.response_head());
     }
@@ -331,7 +357,9 @@ const MAX_SIZES: [usize; 8] = [0, 1, 16, 125, 126, 1000, 65536, 1 << 20];
 /// message size, bit 3 sends a local close before the first byte, bit 4 one
 /// at the middle split point.
 pub fn conn_state(data: &[u8]) {
-    let (Some(&cfg), Some(&seed)) = (data.first(), data.get(1)) else { return };
+    let (Some(&cfg), Some(&seed)) = (data.first(), data.get(1)) else {
+        return;
+    };
     let stream = &data[2..];
     let max = MAX_SIZES[usize::from(cfg & 7)];
     let bounds = Splitter::bounds(seed, stream.len());
@@ -359,7 +387,11 @@ enum Ev {
 /// One-shot reference model of the client's receive rules. Returns the
 /// events with their offsets and the frames the client must send: (opcode,
 /// payload), with error closes as (8, code only).
-fn model(s: &[u8], max: usize, local_close: Option<usize>) -> (Vec<(Ev, usize)>, Vec<(u8, Vec<u8>)>) {
+fn model(
+    s: &[u8],
+    max: usize,
+    local_close: Option<usize>,
+) -> (Vec<(Ev, usize)>, Vec<(u8, Vec<u8>)>) {
     let mut evs: Vec<(Ev, usize)> = Vec::new();
     let mut i = 0;
     let mut msg_op: Option<u8> = None;
@@ -459,7 +491,10 @@ fn model(s: &[u8], max: usize, local_close: Option<usize>) -> (Vec<(Ev, usize)>,
             // msg[..valid] ends at a character boundary: check the rest.
             let tail = &msg[valid..];
             if let Some(k) = utf8_proof(tail) {
-                evs.push((Ev::Error(close::INVALID_DATA), ps + (valid + k - before) + 1));
+                evs.push((
+                    Ev::Error(close::INVALID_DATA),
+                    ps + (valid + k - before) + 1,
+                ));
                 break;
             }
             valid += match std::str::from_utf8(tail) {
@@ -502,7 +537,11 @@ fn model(s: &[u8], max: usize, local_close: Option<usize>) -> (Vec<(Ev, usize)>,
                 }
             }
             Ev::Close(code, _) if !sent => {
-                let body = if *code == close::NO_STATUS { vec![] } else { code.to_be_bytes().to_vec() };
+                let body = if *code == close::NO_STATUS {
+                    vec![]
+                } else {
+                    code.to_be_bytes().to_vec()
+                };
                 out.push((8, body));
                 sent = true;
             }
@@ -513,7 +552,9 @@ fn model(s: &[u8], max: usize, local_close: Option<usize>) -> (Vec<(Ev, usize)>,
             _ => {}
         }
     }
-    let terminal = evs.iter().any(|(e, _)| matches!(e, Ev::Close(..) | Ev::Error(_)));
+    let terminal = evs
+        .iter()
+        .any(|(e, _)| matches!(e, Ev::Close(..) | Ev::Error(_)));
     if let Some(k) = local_close {
         if !sent && !terminal && k <= s.len() {
             out.push((8, close_body(1000, b"bye")));
@@ -601,7 +642,10 @@ fn check_conn(stream: &[u8], max: usize, bounds: &[usize], local_close: Option<u
     // After the end everything is swallowed and nothing more comes out.
     if ended {
         let before = out.len();
-        assert_eq!(conn.feed(b"\x89\x01a\x81\x01a", &mut out, &mut mask), (6, None));
+        assert_eq!(
+            conn.feed(b"\x89\x01a\x81\x01a", &mut out, &mut mask),
+            (6, None)
+        );
         assert_eq!(out.len(), before);
     }
 
@@ -611,7 +655,10 @@ fn check_conn(stream: &[u8], max: usize, bounds: &[usize], local_close: Option<u
         assert_eq!(g, w, "got {got:?}\nwant {want:?}");
         if let Ev::Error(_) = g {
             // Fail-fast: reported by the read holding the proving byte.
-            assert!(*lo < *at && *at <= *hi, "error proven at {at} reported in read [{lo}, {hi})");
+            assert!(
+                *lo < *at && *at <= *hi,
+                "error proven at {at} reported in read [{lo}, {hi})"
+            );
         } else {
             assert_eq!(lo, at, "event {g:?} at {lo}, want {at}");
         }
@@ -641,19 +688,29 @@ pub fn url_parse(data: &[u8]) {
     if u.is_ipv6_literal {
         assert!(u.host.parse::<std::net::Ipv6Addr>().is_ok());
     } else {
-        assert!(!u.host.contains(|c: char| c == ':' || c == '/' || c == '@' || c == '['));
+        assert!(!u
+            .host
+            .contains(|c: char| c == ':' || c == '/' || c == '@' || c == '['));
     }
     let hh = u.host_header();
     assert!(hh.contains(&u.host));
     // Print and parse again: the same URL.
-    let again = format!("{}://{}{}", if u.secure { "wss" } else { "ws" }, hh, u.resource);
-    let v = WsUrl::parse(again.as_bytes()).unwrap_or_else(|()| panic!("reparse of {again:?} failed"));
+    let again = format!(
+        "{}://{}{}",
+        if u.secure { "wss" } else { "ws" },
+        hh,
+        u.resource
+    );
+    let v =
+        WsUrl::parse(again.as_bytes()).unwrap_or_else(|()| panic!("reparse of {again:?} failed"));
     assert_eq!(u, v, "{again}");
     // The scheme decides the default port.
     let s = std::str::from_utf8(data).unwrap();
     let after = &s[s.find("://").unwrap() + 3..];
     let auth_end = after.find(['/', '?']).unwrap_or(after.len());
-    let has_port = after[..auth_end].rsplit_once(']').map_or(after[..auth_end].contains(':'), |(_, p)| p.starts_with(':'));
+    let has_port = after[..auth_end]
+        .rsplit_once(']')
+        .map_or(after[..auth_end].contains(':'), |(_, p)| p.starts_with(':'));
     if !has_port {
         assert_eq!(u.port, if u.secure { 443 } else { 80 });
     }
@@ -693,7 +750,10 @@ mod tests {
     /// The reference model itself, on hand-checked inputs.
     #[test]
     fn model_basics() {
-        assert_eq!(ev(b"\x81\x05Hello", 100, None), vec![(Ev::Msg(1, b"Hello".to_vec()), 7)]);
+        assert_eq!(
+            ev(b"\x81\x05Hello", 100, None),
+            vec![(Ev::Msg(1, b"Hello".to_vec()), 7)]
+        );
         // Reserved bit: proven by the first byte.
         assert_eq!(ev(b"\xc1", 100, None), vec![(Ev::Error(1002), 1)]);
         // Masked: proven by the second byte.
@@ -704,7 +764,10 @@ mod tests {
         s.push(0xFF);
         assert_eq!(ev(&s, 1000, None), vec![(Ev::Error(1007), 25)]);
         // Surrogate split across fragments: proven at its second byte.
-        assert_eq!(ev(b"\x01\x01\xed\x00\x01\xa0", 100, None), vec![(Ev::Error(1007), 6)]);
+        assert_eq!(
+            ev(b"\x01\x01\xed\x00\x01\xa0", 100, None),
+            vec![(Ev::Error(1007), 6)]
+        );
         // Too big: proven by the length byte.
         assert_eq!(ev(b"\x82\x05", 4, None), vec![(Ev::Error(1009), 2)]);
         // Ping after a local close: no pong; close echo only when not sent.
@@ -714,7 +777,10 @@ mod tests {
         let (_, out) = model(b"\x89\x01a\x88\x02\x03\xe8", 100, None);
         assert_eq!(out, vec![(10, b"a".to_vec()), (8, vec![3, 0xe8])]);
         // Nothing after the peer's close.
-        assert_eq!(ev(b"\x88\x00\x81\x01a", 100, None), vec![(Ev::Close(1005, String::new()), 2)]);
+        assert_eq!(
+            ev(b"\x88\x00\x81\x01a", 100, None),
+            vec![(Ev::Close(1005, String::new()), 2)]
+        );
     }
 
     #[test]

@@ -8,8 +8,14 @@ use std::path::Path;
 use pjwebsock_fuzz::{run, TARGETS};
 
 fn replay_dir(dir: &Path, target: &str) -> usize {
-    let Ok(rd) = std::fs::read_dir(dir) else { return 0 };
-    let mut files: Vec<_> = rd.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.is_file()).collect();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut files: Vec<_> = rd
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.is_file())
+        .collect();
     files.sort();
     for f in &files {
         let data = std::fs::read(f).unwrap();
@@ -43,7 +49,11 @@ fn smoke_random() {
     };
     for t in TARGETS {
         let seeds: Vec<Vec<u8>> = std::fs::read_dir(root.join("corpus").join(t))
-            .map(|rd| rd.filter_map(|e| e.ok()).filter_map(|e| std::fs::read(e.path()).ok()).collect())
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .filter_map(|e| std::fs::read(e.path()).ok())
+                    .collect()
+            })
             .unwrap_or_default();
         for i in 0..3000 {
             let mut data = if !seeds.is_empty() && i % 3 != 0 {

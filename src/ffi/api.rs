@@ -71,7 +71,9 @@ unsafe fn handle(ws: *const pj_websock) -> Option<Handle> {
     if ws.is_null() {
         None
     } else {
-        Some(Handle(ManuallyDrop::new(Arc::from_raw(ws as *const Client))))
+        Some(Handle(ManuallyDrop::new(Arc::from_raw(
+            ws as *const Client,
+        ))))
     }
 }
 
@@ -86,7 +88,10 @@ unsafe fn str_bytes<'a>(s: &pj_str_t) -> Option<&'a [u8]> {
     if s.ptr.is_null() {
         return None;
     }
-    Some(std::slice::from_raw_parts(s.ptr as *const u8, s.slen as usize))
+    Some(std::slice::from_raw_parts(
+        s.ptr as *const u8,
+        s.slen as usize,
+    ))
 }
 
 /// Initialises `param` with defaults: everything zero except
@@ -157,14 +162,31 @@ pub unsafe extern "C" fn pj_websock_connect(
     cparam: *const pj_websock_connect_param,
 ) -> pj_status_t {
     guard!(PJ_EBUG, {
-        let (Some(c), false) = (handle(ws), url.is_null()) else { return PJ_EINVAL };
-        let Some(url) = str_bytes(&*url) else { return PJ_EINVAL };
-        let Ok(url) = WsUrl::parse(url) else { return PJ_EINVAL };
+        let (Some(c), false) = (handle(ws), url.is_null()) else {
+            return PJ_EINVAL;
+        };
+        let Some(url) = str_bytes(&*url) else {
+            return PJ_EINVAL;
+        };
+        let Ok(url) = WsUrl::parse(url) else {
+            return PJ_EINVAL;
+        };
         let sp = c.ssl_param();
-        let ssl_param = if url.secure && !sp.is_null() { Some(read_ssl_param(sp)) } else { None };
-        let mut req = ConnectRequest { url, subprotocols: None, extra: Vec::new(), ssl_param };
+        let ssl_param = if url.secure && !sp.is_null() {
+            Some(read_ssl_param(sp))
+        } else {
+            None
+        };
+        let mut req = ConnectRequest {
+            url,
+            subprotocols: None,
+            extra: Vec::new(),
+            ssl_param,
+        };
         if let Some(cp) = cparam.as_ref() {
-            let Some(sp) = str_bytes(&cp.subprotocol) else { return PJ_EINVAL };
+            let Some(sp) = str_bytes(&cp.subprotocol) else {
+                return PJ_EINVAL;
+            };
             if !sp.is_empty() {
                 req.subprotocols = Some(sp.to_vec());
             }
@@ -173,7 +195,9 @@ pub unsafe extern "C" fn pj_websock_connect(
                 return PJ_EINVAL;
             }
             for h in &cp.extra_hdr.header[..n] {
-                let (Some(name), Some(value)) = (str_bytes(&h.name), str_bytes(&h.value)) else { return PJ_EINVAL };
+                let (Some(name), Some(value)) = (str_bytes(&h.name), str_bytes(&h.value)) else {
+                    return PJ_EINVAL;
+                };
                 req.extra.push((name.to_vec(), value.to_vec()));
             }
         }
@@ -204,7 +228,9 @@ pub unsafe extern "C" fn pj_websock_send(
     len: pj_size_t,
 ) -> pj_status_t {
     guard!(PJ_EBUG, {
-        let Some(c) = handle(ws) else { return PJ_EINVAL };
+        let Some(c) = handle(ws) else {
+            return PJ_EINVAL;
+        };
         let op = match opcode {
             0x1 => OpCode::Text,
             0x2 => OpCode::Bin,
@@ -218,7 +244,11 @@ pub unsafe extern "C" fn pj_websock_send(
         if op.is_control() && len > 125 {
             return PJ_EINVAL;
         }
-        let bytes: &[u8] = if len == 0 { &[] } else { std::slice::from_raw_parts(data as *const u8, len) };
+        let bytes: &[u8] = if len == 0 {
+            &[]
+        } else {
+            std::slice::from_raw_parts(data as *const u8, len)
+        };
         if op == OpCode::Text && std::str::from_utf8(bytes).is_err() {
             return PJ_EINVAL;
         }
@@ -246,7 +276,9 @@ pub unsafe extern "C" fn pj_websock_close(
     reason: *const pj_str_t,
 ) -> pj_status_t {
     guard!(PJ_EBUG, {
-        let Some(c) = handle(ws) else { return PJ_EINVAL };
+        let Some(c) = handle(ws) else {
+            return PJ_EINVAL;
+        };
         let reason: &[u8] = match reason.as_ref() {
             None => &[],
             Some(r) => match str_bytes(r) {
@@ -288,9 +320,14 @@ pub unsafe extern "C" fn pj_websock_get_user_data(ws: *const pj_websock) -> *mut
 /// Replaces the application data. Returns `PJ_EINVAL` for NULL ws.
 #[cfg(not(pjws_have_pj_websock))]
 #[no_mangle]
-pub unsafe extern "C" fn pj_websock_set_user_data(ws: *mut pj_websock, user_data: *mut c_void) -> pj_status_t {
+pub unsafe extern "C" fn pj_websock_set_user_data(
+    ws: *mut pj_websock,
+    user_data: *mut c_void,
+) -> pj_status_t {
     guard!(PJ_EBUG, {
-        let Some(c) = handle(ws) else { return PJ_EINVAL };
+        let Some(c) = handle(ws) else {
+            return PJ_EINVAL;
+        };
         c.set_user_data(user_data);
         PJ_SUCCESS
     })
@@ -330,7 +367,9 @@ pub unsafe extern "C" fn pj_websock_get_close_info(
     info: *mut pj_websock_close_info,
 ) -> pj_status_t {
     guard!(PJ_EBUG, {
-        let Some(c) = handle(ws) else { return PJ_EINVAL };
+        let Some(c) = handle(ws) else {
+            return PJ_EINVAL;
+        };
         if info.is_null() {
             return PJ_EINVAL;
         }
@@ -357,9 +396,14 @@ pub unsafe extern "C" fn pj_websock_get_buffered_amount(ws: *const pj_websock) -
 /// empty queue.
 /// Returns `PJ_EINVAL` for NULL or 0.
 #[no_mangle]
-pub unsafe extern "C" fn pj_websock_set_max_buffered(ws: *mut pj_websock, bytes: pj_size_t) -> pj_status_t {
+pub unsafe extern "C" fn pj_websock_set_max_buffered(
+    ws: *mut pj_websock,
+    bytes: pj_size_t,
+) -> pj_status_t {
     guard!(PJ_EBUG, {
-        let Some(c) = handle(ws) else { return PJ_EINVAL };
+        let Some(c) = handle(ws) else {
+            return PJ_EINVAL;
+        };
         if bytes == 0 {
             return PJ_EINVAL;
         }
@@ -372,9 +416,14 @@ pub unsafe extern "C" fn pj_websock_set_max_buffered(ws: *mut pj_websock, bytes:
 /// opening handshake together (default 30000 ms), for the next connect.
 /// Returns `PJ_EINVAL` for NULL or 0.
 #[no_mangle]
-pub unsafe extern "C" fn pj_websock_set_connect_timeout(ws: *mut pj_websock, msec: c_uint) -> pj_status_t {
+pub unsafe extern "C" fn pj_websock_set_connect_timeout(
+    ws: *mut pj_websock,
+    msec: c_uint,
+) -> pj_status_t {
     guard!(PJ_EBUG, {
-        let Some(c) = handle(ws) else { return PJ_EINVAL };
+        let Some(c) = handle(ws) else {
+            return PJ_EINVAL;
+        };
         if msec == 0 {
             return PJ_EINVAL;
         }
@@ -386,9 +435,14 @@ pub unsafe extern "C" fn pj_websock_set_connect_timeout(ws: *mut pj_websock, mse
 /// Sets how long the closing handshake may take (default 5000 ms).
 /// Returns `PJ_EINVAL` for NULL or 0.
 #[no_mangle]
-pub unsafe extern "C" fn pj_websock_set_close_timeout(ws: *mut pj_websock, msec: c_uint) -> pj_status_t {
+pub unsafe extern "C" fn pj_websock_set_close_timeout(
+    ws: *mut pj_websock,
+    msec: c_uint,
+) -> pj_status_t {
     guard!(PJ_EBUG, {
-        let Some(c) = handle(ws) else { return PJ_EINVAL };
+        let Some(c) = handle(ws) else {
+            return PJ_EINVAL;
+        };
         if msec == 0 {
             return PJ_EINVAL;
         }
@@ -403,10 +457,19 @@ pub unsafe extern "C" fn pj_websock_set_close_timeout(ws: *mut pj_websock, msec:
 /// is failed (`on_close` with code 0, status `PJ_WEBSOCK_EPINGTIMEOUT`).
 /// Returns `PJ_EINVAL` for NULL.
 #[no_mangle]
-pub unsafe extern "C" fn pj_websock_set_ping_interval_ms(ws: *mut pj_websock, msec: c_uint) -> pj_status_t {
+pub unsafe extern "C" fn pj_websock_set_ping_interval_ms(
+    ws: *mut pj_websock,
+    msec: c_uint,
+) -> pj_status_t {
     guard!(PJ_EBUG, {
-        let Some(c) = handle(ws) else { return PJ_EINVAL };
-        c.set_ping_interval(if msec == 0 { None } else { Some(Duration::from_millis(msec as u64)) });
+        let Some(c) = handle(ws) else {
+            return PJ_EINVAL;
+        };
+        c.set_ping_interval(if msec == 0 {
+            None
+        } else {
+            Some(Duration::from_millis(msec as u64))
+        });
         PJ_SUCCESS
     })
 }
@@ -427,7 +490,11 @@ pub unsafe extern "C" fn pj_websock_get_http_status(ws: *const pj_websock) -> c_
 /// response into `buf` (NUL-terminated, truncated to `size` - 1 bytes) and
 /// returns its full length; -1 for NULL ws.
 #[no_mangle]
-pub unsafe extern "C" fn pj_websock_get_http_response(ws: *const pj_websock, buf: *mut c_char, size: pj_size_t) -> pj_ssize_t {
+pub unsafe extern "C" fn pj_websock_get_http_response(
+    ws: *const pj_websock,
+    buf: *mut c_char,
+    size: pj_size_t,
+) -> pj_ssize_t {
     guard!(-1, {
         let Some(c) = handle(ws) else { return -1 };
         let head = c.http_response().1;
@@ -440,7 +507,11 @@ pub unsafe extern "C" fn pj_websock_get_http_response(ws: *const pj_websock, buf
 /// truncated to `size` - 1 bytes) and returns its length: 0 when none was
 /// selected, -1 for NULL ws.
 #[no_mangle]
-pub unsafe extern "C" fn pj_websock_get_subprotocol(ws: *const pj_websock, buf: *mut c_char, size: pj_size_t) -> pj_ssize_t {
+pub unsafe extern "C" fn pj_websock_get_subprotocol(
+    ws: *const pj_websock,
+    buf: *mut c_char,
+    size: pj_size_t,
+) -> pj_ssize_t {
     guard!(-1, {
         let Some(c) = handle(ws) else { return -1 };
         let p = c.subprotocol().unwrap_or_default();
@@ -463,14 +534,21 @@ unsafe fn copy_out(src: &[u8], buf: *mut c_char, size: pj_size_t) {
 /// the signature of pjlib's `pj_error_callback`, and is registered with
 /// `pj_register_strerror()` when pjlib is in the process.
 #[no_mangle]
-pub unsafe extern "C" fn pj_websock_strerror(status: pj_status_t, buf: *mut c_char, bufsize: pj_size_t) -> pj_str_t {
+pub unsafe extern "C" fn pj_websock_strerror(
+    status: pj_status_t,
+    buf: *mut c_char,
+    bufsize: pj_size_t,
+) -> pj_str_t {
     guard!(pj_str_t { ptr: buf, slen: 0 }, {
         if buf.is_null() || bufsize == 0 {
             return pj_str_t { ptr: buf, slen: 0 };
         }
         let msg = describe(status).unwrap_or_else(|| format!("Unknown error {}", status));
         copy_out(msg.as_bytes(), buf, bufsize);
-        pj_str_t { ptr: buf, slen: msg.len().min(bufsize - 1) as pj_ssize_t }
+        pj_str_t {
+            ptr: buf,
+            slen: msg.len().min(bufsize - 1) as pj_ssize_t,
+        }
     })
 }
 
@@ -493,10 +571,18 @@ unsafe fn opt_cstr(p: *const c_char) -> Result<Option<String>, ()> {
 /// loaded fails that connect with `PJ_WEBSOCK_ETLS_CONFIG`.
 /// Returns `PJ_EINVAL` for NULL ws.
 #[no_mangle]
-pub unsafe extern "C" fn pj_websock_set_tls_ca(ws: *mut pj_websock, ca_file: *const c_char, ca_dir: *const c_char) -> pj_status_t {
+pub unsafe extern "C" fn pj_websock_set_tls_ca(
+    ws: *mut pj_websock,
+    ca_file: *const c_char,
+    ca_dir: *const c_char,
+) -> pj_status_t {
     guard!(PJ_EBUG, {
-        let Some(c) = handle(ws) else { return PJ_EINVAL };
-        let (Ok(f), Ok(d)) = (opt_cstr(ca_file), opt_cstr(ca_dir)) else { return PJ_EINVAL };
+        let Some(c) = handle(ws) else {
+            return PJ_EINVAL;
+        };
+        let (Ok(f), Ok(d)) = (opt_cstr(ca_file), opt_cstr(ca_dir)) else {
+            return PJ_EINVAL;
+        };
         c.set_tls_ca(f, d);
         PJ_SUCCESS
     })
@@ -514,8 +600,14 @@ pub unsafe extern "C" fn pj_websock_set_tls_cert(
     key_password: *const c_char,
 ) -> pj_status_t {
     guard!(PJ_EBUG, {
-        let Some(c) = handle(ws) else { return PJ_EINVAL };
-        let (Ok(cert), Ok(key), Ok(pw)) = (opt_cstr(cert_file), opt_cstr(key_file), opt_cstr(key_password)) else {
+        let Some(c) = handle(ws) else {
+            return PJ_EINVAL;
+        };
+        let (Ok(cert), Ok(key), Ok(pw)) = (
+            opt_cstr(cert_file),
+            opt_cstr(key_file),
+            opt_cstr(key_password),
+        ) else {
             return PJ_EINVAL;
         };
         if cert.is_none() && key.is_some() {
@@ -533,9 +625,14 @@ pub unsafe extern "C" fn pj_websock_set_tls_cert(
 /// `PJ_WEBSOCK_ETLS_PIN` (in addition to normal verification). NULL
 /// `sha256` removes all pins. Returns `PJ_EINVAL` for NULL ws.
 #[no_mangle]
-pub unsafe extern "C" fn pj_websock_add_tls_pin(ws: *mut pj_websock, sha256: *const u8) -> pj_status_t {
+pub unsafe extern "C" fn pj_websock_add_tls_pin(
+    ws: *mut pj_websock,
+    sha256: *const u8,
+) -> pj_status_t {
     guard!(PJ_EBUG, {
-        let Some(c) = handle(ws) else { return PJ_EINVAL };
+        let Some(c) = handle(ws) else {
+            return PJ_EINVAL;
+        };
         let pin = if sha256.is_null() {
             None
         } else {
@@ -552,9 +649,14 @@ pub unsafe extern "C" fn pj_websock_add_tls_pin(ws: *mut pj_websock, sha256: *co
 /// `param->ssl_param->verify_peer` is 0 — which is what
 /// `pj_ssl_sock_param_default()` leaves it at. Returns `PJ_EINVAL` for NULL.
 #[no_mangle]
-pub unsafe extern "C" fn pj_websock_set_tls_verify(ws: *mut pj_websock, force: pj_bool_t) -> pj_status_t {
+pub unsafe extern "C" fn pj_websock_set_tls_verify(
+    ws: *mut pj_websock,
+    force: pj_bool_t,
+) -> pj_status_t {
     guard!(PJ_EBUG, {
-        let Some(c) = handle(ws) else { return PJ_EINVAL };
+        let Some(c) = handle(ws) else {
+            return PJ_EINVAL;
+        };
         c.set_tls_force_verify(force != 0);
         PJ_SUCCESS
     })
@@ -577,7 +679,9 @@ pub unsafe extern "C" fn pj_websock_get_tls_verify_result(ws: *const pj_websock)
 /// default: pjlib's log when pjlib is in the process, else warnings and
 /// errors on standard error.
 #[no_mangle]
-pub unsafe extern "C" fn pj_websock_set_log_func(func: Option<unsafe extern "C" fn(level: c_int, msg: *const c_char)>) {
+pub unsafe extern "C" fn pj_websock_set_log_func(
+    func: Option<unsafe extern "C" fn(level: c_int, msg: *const c_char)>,
+) {
     crate::log::set_func(func);
 }
 

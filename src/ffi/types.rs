@@ -148,8 +148,13 @@ pub struct pj_websock_cb {
     /// (1002, 1007 or 1009); 0 when the transport failed, the peer went
     /// silent or the close handshake timed out without a close frame.
     /// `reason` is valid only during the call. Called once per connection.
-    pub on_close:
-        Option<unsafe extern "C" fn(ws: *mut pj_websock, status_code: pj_uint16_t, reason: *const pj_str_t)>,
+    pub on_close: Option<
+        unsafe extern "C" fn(
+            ws: *mut pj_websock,
+            status_code: pj_uint16_t,
+            reason: *const pj_str_t,
+        ),
+    >,
 }
 
 /// Instance settings for `pj_websock_create()`; initialise with
@@ -279,14 +284,18 @@ pub unsafe fn read_ssl_param(p: *const pj_ssl_sock_param) -> SslParamView {
     let n = rd_u32(SSL_CIPHERS_NUM_OFF) as usize;
     let cptr = std::ptr::read_unaligned(base.add(SSL_CIPHERS_OFF) as *const *const c_int);
     let ciphers = if n > 0 && !cptr.is_null() && n <= 1024 {
-        std::slice::from_raw_parts(cptr, n).iter().map(|&c| c as u16).collect()
+        std::slice::from_raw_parts(cptr, n)
+            .iter()
+            .map(|&c| c as u16)
+            .collect()
     } else {
         Vec::new()
     };
     let tv = std::ptr::read_unaligned(base.add(SSL_TIMEOUT_OFF) as *const pj_time_val);
     let ms = tv.sec.max(0) as u64 * 1000 + tv.msec.max(0) as u64;
     let timeout = (ms > 0).then(|| std::time::Duration::from_millis(ms));
-    let verify_peer = std::ptr::read_unaligned(base.add(SSL_VERIFY_PEER_OFF) as *const pj_bool_t) != 0;
+    let verify_peer =
+        std::ptr::read_unaligned(base.add(SSL_VERIFY_PEER_OFF) as *const pj_bool_t) != 0;
     let sn = std::ptr::read_unaligned(base.add(SSL_SERVER_NAME_OFF) as *const pj_str_t);
     let server_name = if sn.slen > 0 && !sn.ptr.is_null() && sn.slen < 256 {
         let b = std::slice::from_raw_parts(sn.ptr as *const u8, sn.slen as usize);
@@ -294,5 +303,11 @@ pub unsafe fn read_ssl_param(p: *const pj_ssl_sock_param) -> SslParamView {
     } else {
         None
     };
-    SslParamView { proto, ciphers, timeout, verify_peer, server_name }
+    SslParamView {
+        proto,
+        ciphers,
+        timeout,
+        verify_peer,
+        server_name,
+    }
 }

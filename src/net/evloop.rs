@@ -13,8 +13,8 @@
 //!   deregistered; deregistered handlers are dropped only after the batch
 //!   of events that might still name them.
 
-use std::collections::BinaryHeap;
 use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::io;
 use std::os::fd::RawFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -83,7 +83,9 @@ struct Shared {
 
 impl Shared {
     fn is_live(&self, id: TimerId) -> bool {
-        self.timers.get(id.idx as usize).is_some_and(|t| t.gen == id.gen && t.handler.is_some())
+        self.timers
+            .get(id.idx as usize)
+            .is_some_and(|t| t.gen == id.gen && t.handler.is_some())
     }
 
     fn take(&mut self, id: TimerId) -> Option<Arc<dyn Handler>> {
@@ -146,7 +148,10 @@ impl EventLoop {
             unsafe { libc::close(epfd) };
             return Err(e);
         }
-        let mut ev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: WAKE_TOKEN };
+        let mut ev = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: WAKE_TOKEN,
+        };
         if unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, wakefd, &mut ev) } < 0 {
             let e = io::Error::last_os_error();
             unsafe {
@@ -192,7 +197,11 @@ impl EventLoop {
 
     /// Runs `f` on the loop thread, after the current batch of events.
     pub fn post(&self, f: impl FnOnce(&mut LoopCtx) + Send + 'static) {
-        self.shared.lock().unwrap_or_else(|e| e.into_inner()).commands.push(Box::new(f));
+        self.shared
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .commands
+            .push(Box::new(f));
         self.wake();
     }
 
@@ -202,7 +211,10 @@ impl EventLoop {
         let idx = match sh.free_timers.pop() {
             Some(i) => i,
             None => {
-                sh.timers.push(TimerSlot { gen: 0, handler: None });
+                sh.timers.push(TimerSlot {
+                    gen: 0,
+                    handler: None,
+                });
                 (sh.timers.len() - 1) as u32
             }
         };
@@ -222,13 +234,20 @@ impl EventLoop {
 
     /// Cancels a timer (a no-op if it already fired).
     pub fn cancel_timer(&self, id: TimerId) {
-        let removed = self.shared.lock().unwrap_or_else(|e| e.into_inner()).take(id);
+        let removed = self
+            .shared
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take(id);
         drop(removed); // dropping the handler outside the lock
     }
 
     /// Changes the epoll interest of a registered socket (any thread).
     pub fn modify(&self, fd: RawFd, token: Token, events: u32) -> io::Result<()> {
-        let mut ev = libc::epoll_event { events, u64: token.0 };
+        let mut ev = libc::epoll_event {
+            events,
+            u64: token.0,
+        };
         // SAFETY: valid epoll fd and event struct.
         if unsafe { libc::epoll_ctl(self.epfd, libc::EPOLL_CTL_MOD, fd, &mut ev) } < 0 {
             return Err(io::Error::last_os_error());
@@ -238,14 +257,24 @@ impl EventLoop {
 
     fn run(&'static self) {
         // SAFETY: pthread_self has no preconditions.
-        self.thread.store(unsafe { libc::pthread_self() } as usize, Ordering::Relaxed);
+        self.thread
+            .store(unsafe { libc::pthread_self() } as usize, Ordering::Relaxed);
         crate::pjlib::register_thread();
-        let mut ctx = LoopCtx { lp: self, slots: Vec::new(), free: Vec::new(), graveyard: Vec::new(), rx_buf: vec![0; RX_BUF_SIZE], scratch: Vec::new() };
+        let mut ctx = LoopCtx {
+            lp: self,
+            slots: Vec::new(),
+            free: Vec::new(),
+            graveyard: Vec::new(),
+            rx_buf: vec![0; RX_BUF_SIZE],
+            scratch: Vec::new(),
+        };
         let mut events: Vec<libc::epoll_event> = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
         loop {
             let timeout = self.next_timeout();
             // SAFETY: events has capacity for events.len() entries.
-            let n = unsafe { libc::epoll_wait(self.epfd, events.as_mut_ptr(), events.len() as i32, timeout) };
+            let n = unsafe {
+                libc::epoll_wait(self.epfd, events.as_mut_ptr(), events.len() as i32, timeout)
+            };
             if n < 0 {
                 let e = io::Error::last_os_error();
                 if e.kind() != io::ErrorKind::Interrupted {
@@ -289,7 +318,13 @@ impl EventLoop {
 
     fn run_commands(&self, ctx: &mut LoopCtx) {
         loop {
-            let cmds = std::mem::take(&mut self.shared.lock().unwrap_or_else(|e| e.into_inner()).commands);
+            let cmds = std::mem::take(
+                &mut self
+                    .shared
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .commands,
+            );
             if cmds.is_empty() {
                 return;
             }
@@ -360,18 +395,29 @@ impl LoopCtx {
 
     /// Adds `fd` to epoll with `events`; the handler stays alive until
     /// `deregister`.
-    pub fn register(&mut self, fd: RawFd, handler: Arc<dyn Handler>, events: u32) -> io::Result<Token> {
+    pub fn register(
+        &mut self,
+        fd: RawFd,
+        handler: Arc<dyn Handler>,
+        events: u32,
+    ) -> io::Result<Token> {
         let idx = match self.free.pop() {
             Some(i) => i,
             None => {
-                self.slots.push(Slot { gen: 0, handler: None });
+                self.slots.push(Slot {
+                    gen: 0,
+                    handler: None,
+                });
                 (self.slots.len() - 1) as u32
             }
         };
         let slot = &mut self.slots[idx as usize];
         slot.gen = slot.gen.wrapping_add(1);
         let token = Token::new(idx, slot.gen);
-        let mut ev = libc::epoll_event { events, u64: token.0 };
+        let mut ev = libc::epoll_event {
+            events,
+            u64: token.0,
+        };
         // SAFETY: valid epoll fd and event struct.
         if unsafe { libc::epoll_ctl(self.lp.epfd, libc::EPOLL_CTL_ADD, fd, &mut ev) } < 0 {
             let e = io::Error::last_os_error();

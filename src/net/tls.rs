@@ -14,8 +14,8 @@ use std::sync::Mutex;
 
 use openssl::error::ErrorStack;
 use openssl::ssl::{
-    ErrorCode, Ssl, SslContext, SslContextBuilder, SslFiletype, SslMethod, SslMode, SslOptions, SslStream,
-    SslVerifyMode, SslVersion,
+    ErrorCode, Ssl, SslContext, SslContextBuilder, SslFiletype, SslMethod, SslMode, SslOptions,
+    SslStream, SslVerifyMode, SslVersion,
 };
 use openssl::x509::X509VerifyResult;
 
@@ -54,7 +54,11 @@ pub struct TlsSession {
 }
 
 fn proto_bounds(mask: u32) -> Result<(SslVersion, SslVersion), pj_status_t> {
-    let mask = if mask == 0 { PROTO_TLS1_2 | PROTO_TLS1_3 } else { mask };
+    let mask = if mask == 0 {
+        PROTO_TLS1_2 | PROTO_TLS1_3
+    } else {
+        mask
+    };
     match (mask & PROTO_TLS1_2 != 0, mask & PROTO_TLS1_3 != 0) {
         (true, true) => Ok((SslVersion::TLS1_2, SslVersion::TLS1_3)),
         (true, false) => Ok((SslVersion::TLS1_2, SslVersion::TLS1_2)),
@@ -95,17 +99,25 @@ fn build(cfg: &TlsConfig) -> Result<SslContext, pj_status_t> {
     b.set_max_proto_version(Some(max)).map_err(cfg_err)?;
     // No session tickets: nothing here resumes sessions, and a TLS 1.3
     // server's tickets would otherwise stay in memory per connection.
-    b.set_options(SslOptions::NO_COMPRESSION | SslOptions::NO_RENEGOTIATION | SslOptions::NO_TICKET);
+    b.set_options(
+        SslOptions::NO_COMPRESSION | SslOptions::NO_RENEGOTIATION | SslOptions::NO_TICKET,
+    );
     // Idle connections give their record buffers back; large writes may
     // complete in pieces from a moving buffer (our send queue).
-    b.set_mode(SslMode::RELEASE_BUFFERS | SslMode::ENABLE_PARTIAL_WRITE | SslMode::ACCEPT_MOVING_WRITE_BUFFER);
+    b.set_mode(
+        SslMode::RELEASE_BUFFERS
+            | SslMode::ENABLE_PARTIAL_WRITE
+            | SslMode::ACCEPT_MOVING_WRITE_BUFFER,
+    );
     if !cfg.ciphers.is_empty() {
         let (v12, v13) = cipher_strings(&cfg.ciphers).map_err(cfg_err)?;
         if v12.is_empty() && v13.is_empty() {
             return Err(PJ_WEBSOCK_ETLS_CONFIG);
         }
         // An empty string for one version disables that version's suites.
-        b.set_cipher_list(&v12).or_else(|e| if v12.is_empty() { Ok(()) } else { Err(e) }).map_err(cfg_err)?;
+        b.set_cipher_list(&v12)
+            .or_else(|e| if v12.is_empty() { Ok(()) } else { Err(e) })
+            .map_err(cfg_err)?;
         b.set_ciphersuites(&v13).map_err(cfg_err)?;
     }
     if cfg.verify {
@@ -116,7 +128,8 @@ fn build(cfg: &TlsConfig) -> Result<SslContext, pj_status_t> {
             b.set_ca_file(f).map_err(cfg_err)?;
         }
         if let Some(d) = &cfg.ca_dir {
-            b.load_verify_locations(None, Some(std::path::Path::new(d))).map_err(cfg_err)?;
+            b.load_verify_locations(None, Some(std::path::Path::new(d)))
+                .map_err(cfg_err)?;
         }
         b.set_verify(SslVerifyMode::PEER);
     } else {
@@ -128,10 +141,14 @@ fn build(cfg: &TlsConfig) -> Result<SslContext, pj_status_t> {
         match &cfg.key_password {
             Some(pw) => {
                 let pem = std::fs::read(key).map_err(|_| PJ_WEBSOCK_ETLS_CONFIG)?;
-                let pkey = openssl::pkey::PKey::private_key_from_pem_passphrase(&pem, pw.as_bytes()).map_err(cfg_err)?;
+                let pkey =
+                    openssl::pkey::PKey::private_key_from_pem_passphrase(&pem, pw.as_bytes())
+                        .map_err(cfg_err)?;
                 b.set_private_key(&pkey).map_err(cfg_err)?;
             }
-            None => b.set_private_key_file(key, SslFiletype::PEM).map_err(cfg_err)?,
+            None => b
+                .set_private_key_file(key, SslFiletype::PEM)
+                .map_err(cfg_err)?,
         }
         b.check_private_key().map_err(cfg_err)?;
     }
@@ -143,7 +160,12 @@ fn build(cfg: &TlsConfig) -> Result<SslContext, pj_status_t> {
 /// call it on a worker thread.
 pub fn context(cfg: &TlsConfig) -> Result<SslContext, pj_status_t> {
     static CACHE: Mutex<Vec<(TlsConfig, SslContext)>> = Mutex::new(Vec::new());
-    if let Some((_, c)) = CACHE.lock().unwrap_or_else(|e| e.into_inner()).iter().find(|(k, _)| k == cfg) {
+    if let Some((_, c)) = CACHE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .find(|(k, _)| k == cfg)
+    {
         return Ok(c.clone());
     }
     let ctx = build(cfg)?;
@@ -175,7 +197,14 @@ impl Read for FdIo {
 impl Write for FdIo {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         // SAFETY: buf is valid for reads of buf.len() bytes.
-        let r = unsafe { libc::send(self.0, buf.as_ptr() as *const libc::c_void, buf.len(), libc::MSG_NOSIGNAL) };
+        let r = unsafe {
+            libc::send(
+                self.0,
+                buf.as_ptr() as *const libc::c_void,
+                buf.len(),
+                libc::MSG_NOSIGNAL,
+            )
+        };
         if r < 0 {
             Err(io::Error::last_os_error())
         } else {
@@ -192,7 +221,9 @@ impl Write for FdIo {
 pub enum HandshakeStep {
     Done,
     /// Waiting for the socket: true when it must become writable.
-    Pending { want_write: bool },
+    Pending {
+        want_write: bool,
+    },
     Failed(pj_status_t),
 }
 
@@ -206,7 +237,12 @@ pub struct TlsStream {
 }
 
 impl TlsStream {
-    pub fn new(ctx: &SslContext, fd: RawFd, sess: TlsSession, verify: bool) -> Result<TlsStream, pj_status_t> {
+    pub fn new(
+        ctx: &SslContext,
+        fd: RawFd,
+        sess: TlsSession,
+        verify: bool,
+    ) -> Result<TlsStream, pj_status_t> {
         let err = |_| PJ_WEBSOCK_ETLS;
         let mut ssl = Ssl::new(ctx).map_err(err)?;
         let ip = sess.name.parse::<IpAddr>().ok();
@@ -222,7 +258,12 @@ impl TlsStream {
             }
         }
         let stream = SslStream::new(ssl, FdIo(fd)).map_err(err)?;
-        Ok(TlsStream { stream, pins: sess.pins, want_write: false, verify_result: 0 })
+        Ok(TlsStream {
+            stream,
+            pins: sess.pins,
+            want_write: false,
+            verify_result: 0,
+        })
     }
 
     /// Advances the handshake; on completion checks the public-key pins.
@@ -243,8 +284,12 @@ impl TlsStream {
     }
 
     fn pin_matches(&self) -> bool {
-        let Some(cert) = self.stream.ssl().peer_certificate() else { return false };
-        let Ok(spki) = cert.public_key().and_then(|k| k.public_key_to_der()) else { return false };
+        let Some(cert) = self.stream.ssl().peer_certificate() else {
+            return false;
+        };
+        let Ok(spki) = cert.public_key().and_then(|k| k.public_key_to_der()) else {
+            return false;
+        };
         let hash = openssl::sha::sha256(&spki);
         self.pins.contains(&hash)
     }

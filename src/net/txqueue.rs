@@ -44,12 +44,17 @@ impl TxQueue {
     /// A buffer to append at most `room` bytes to, at the tail of the
     /// queue; call `appended` with the bytes actually added.
     pub fn tail(&mut self, room: usize) -> &mut Vec<u8> {
-        let fits = self.chunks.back().is_some_and(|c| c.capacity() - c.len() >= room);
+        let fits = self
+            .chunks
+            .back()
+            .is_some_and(|c| c.capacity() - c.len() >= room);
         if !fits {
             // The first chunk fits the message (small messages stay small);
             // a queue that already holds data is in a burst: go big.
             let want = if self.chunks.is_empty() {
-                room.next_power_of_two().clamp(MIN_CHUNK, FIRST_CHUNK).max(room)
+                room.next_power_of_two()
+                    .clamp(MIN_CHUNK, FIRST_CHUNK)
+                    .max(room)
             } else {
                 CHUNK.max(room)
             };
@@ -106,7 +111,10 @@ impl TxQueue {
             if s.is_empty() {
                 continue;
             }
-            iov[n] = libc::iovec { iov_base: s.as_ptr() as *mut libc::c_void, iov_len: s.len() };
+            iov[n] = libc::iovec {
+                iov_base: s.as_ptr() as *mut libc::c_void,
+                iov_len: s.len(),
+            };
             n += 1;
         }
         n
@@ -117,7 +125,9 @@ impl TxQueue {
         n = n.min(self.len);
         self.len -= n;
         while n > 0 {
-            let Some(front) = self.chunks.front() else { break };
+            let Some(front) = self.chunks.front() else {
+                break;
+            };
             let left = front.len() - self.head;
             if n < left {
                 self.head += n;
@@ -163,7 +173,9 @@ mod tests {
         let mut q = TxQueue::default();
         let mut expect = Vec::new();
         for i in 0..5000u32 {
-            let msg: Vec<u8> = (0..(i % 700) as usize).map(|j| (i as usize + j) as u8).collect();
+            let msg: Vec<u8> = (0..(i % 700) as usize)
+                .map(|j| (i as usize + j) as u8)
+                .collect();
             q.push(&msg);
             expect.extend_from_slice(&msg);
         }
@@ -172,7 +184,10 @@ mod tests {
         expect.extend_from_slice(&big);
         assert_eq!(q.len(), expect.len());
         let mut got = Vec::new();
-        let mut iov = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; 3];
+        let mut iov = [libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        }; 3];
         let mut step = 1usize;
         while !q.is_empty() {
             let n = q.iovecs(&mut iov);
@@ -183,7 +198,9 @@ mod tests {
             for v in &iov[..n] {
                 let k = take.min(v.iov_len);
                 // SAFETY: the iovec points into the queue's live chunks.
-                got.extend_from_slice(unsafe { std::slice::from_raw_parts(v.iov_base as *const u8, k) });
+                got.extend_from_slice(unsafe {
+                    std::slice::from_raw_parts(v.iov_base as *const u8, k)
+                });
                 take -= k;
                 taken += k;
                 if take == 0 {
@@ -211,6 +228,9 @@ mod tests {
         for _ in 0..300 {
             q.push(&[2; 640]);
         }
-        assert!(q.chunks.iter().skip(1).all(|c| spare.contains(&c.as_ptr())), "spare chunks are reused");
+        assert!(
+            q.chunks.iter().skip(1).all(|c| spare.contains(&c.as_ptr())),
+            "spare chunks are reused"
+        );
     }
 }

@@ -22,7 +22,11 @@ struct Pool {
     idle: usize,
 }
 
-static POOL: Mutex<Pool> = Mutex::new(Pool { queue: VecDeque::new(), workers: 0, idle: 0 });
+static POOL: Mutex<Pool> = Mutex::new(Pool {
+    queue: VecDeque::new(),
+    workers: 0,
+    idle: 0,
+});
 static WORK: Condvar = Condvar::new();
 
 /// Runs `job` on a worker thread. If no thread can be started at all, the
@@ -36,7 +40,10 @@ pub fn run(job: impl FnOnce() + Send + 'static) {
     }
     if pool.workers < MAX_WORKERS {
         pool.workers += 1;
-        let spawned = std::thread::Builder::new().name("pjwebsock-work".into()).stack_size(256 * 1024).spawn(worker);
+        let spawned = std::thread::Builder::new()
+            .name("pjwebsock-work".into())
+            .stack_size(256 * 1024)
+            .spawn(worker);
         if spawned.is_err() {
             pool.workers -= 1;
             if pool.workers == 0 {
@@ -59,7 +66,9 @@ fn worker() {
                     break Some(j);
                 }
                 pool.idle += 1;
-                let (p, res) = WORK.wait_timeout(pool, IDLE_EXIT).unwrap_or_else(|e| e.into_inner());
+                let (p, res) = WORK
+                    .wait_timeout(pool, IDLE_EXIT)
+                    .unwrap_or_else(|e| e.into_inner());
                 pool = p;
                 pool.idle -= 1;
                 if res.timed_out() && pool.queue.is_empty() {

@@ -51,23 +51,47 @@ fn usage() -> ! {
 }
 
 fn parse_args() -> Args {
-    let mut a = Args { listen: "127.0.0.1:0".parse().unwrap(), backlog: 8192, tls: None, verbose: false, corrupt: 0 };
+    let mut a = Args {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        backlog: 8192,
+        tls: None,
+        verbose: false,
+        corrupt: 0,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
         match k.as_str() {
-            "--listen" => a.listen = it.next().and_then(|v| v.parse().ok()).unwrap_or_else(|| usage()),
+            "--listen" => {
+                a.listen = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_else(|| usage())
+            }
             "--port" => {
-                let p: u16 = it.next().and_then(|v| v.parse().ok()).unwrap_or_else(|| usage());
+                let p: u16 = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_else(|| usage());
                 a.listen.set_port(p);
             }
-            "--backlog" => a.backlog = it.next().and_then(|v| v.parse().ok()).unwrap_or_else(|| usage()),
+            "--backlog" => {
+                a.backlog = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_else(|| usage())
+            }
             "--tls" => {
                 let c = it.next().unwrap_or_else(|| usage());
                 let k = it.next().unwrap_or_else(|| usage());
                 a.tls = Some((c, k));
             }
             "--verbose" | "-v" => a.verbose = true,
-            "--corrupt" => a.corrupt = it.next().and_then(|v| v.parse().ok()).unwrap_or_else(|| usage()),
+            "--corrupt" => {
+                a.corrupt = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_else(|| usage())
+            }
             _ => usage(),
         }
     }
@@ -88,7 +112,10 @@ fn raise_nofile() {
 fn main() {
     let args = parse_args();
     raise_nofile();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     if let Err(e) = rt.block_on(serve(args)) {
         eprintln!("pjws-echo-server: {e}");
         std::process::exit(1);
@@ -96,7 +123,11 @@ fn main() {
 }
 
 async fn serve(args: Args) -> io::Result<()> {
-    let sock = if args.listen.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    let sock = if args.listen.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
     sock.set_reuseaddr(true)?;
     sock.bind(args.listen)?;
     let listener = sock.listen(args.backlog)?;
@@ -139,7 +170,9 @@ async fn serve(args: Args) -> io::Result<()> {
             };
             match r {
                 Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::InvalidData => eprintln!("pjws-echo-server: {peer}: protocol error: {e}"),
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                    eprintln!("pjws-echo-server: {peer}: protocol error: {e}")
+                }
                 Err(e) if verbose => eprintln!("pjws-echo-server: {peer}: {e}"),
                 Err(_) => {}
             }
@@ -155,11 +188,21 @@ fn base64(input: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut s = String::with_capacity(input.len().div_ceil(3) * 4);
     for c in input.chunks(3) {
-        let n = (u32::from(c[0]) << 16) | (u32::from(*c.get(1).unwrap_or(&0)) << 8) | u32::from(*c.get(2).unwrap_or(&0));
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
         s.push(T[(n >> 18) as usize & 63] as char);
         s.push(T[(n >> 12) as usize & 63] as char);
-        s.push(if c.len() > 1 { T[(n >> 6) as usize & 63] as char } else { '=' });
-        s.push(if c.len() > 2 { T[n as usize & 63] as char } else { '=' });
+        s.push(if c.len() > 1 {
+            T[(n >> 6) as usize & 63] as char
+        } else {
+            '='
+        });
+        s.push(if c.len() > 2 {
+            T[n as usize & 63] as char
+        } else {
+            '='
+        });
     }
     s
 }
@@ -178,7 +221,9 @@ fn handshake_response(head: &[u8]) -> io::Result<Vec<u8>> {
     }
     let (mut key, mut upgrade, mut version) = (None, false, false);
     for l in lines {
-        let Some((name, value)) = l.split_once(':') else { continue };
+        let Some((name, value)) = l.split_once(':') else {
+            continue;
+        };
         let value = value.trim();
         if name.eq_ignore_ascii_case("sec-websocket-key") {
             key = Some(value.to_string());
@@ -190,7 +235,9 @@ fn handshake_response(head: &[u8]) -> io::Result<Vec<u8>> {
     }
     let key = key.ok_or_else(|| bad("no Sec-WebSocket-Key"))?;
     if !upgrade || !version {
-        return Err(bad("missing Upgrade: websocket or Sec-WebSocket-Version: 13"));
+        return Err(bad(
+            "missing Upgrade: websocket or Sec-WebSocket-Version: 13",
+        ));
     }
     let mut h = sha1_smol::Sha1::new();
     h.update(key.as_bytes());
@@ -206,7 +253,12 @@ fn handshake_response(head: &[u8]) -> io::Result<Vec<u8>> {
 #[inline]
 fn unmask_append(out: &mut Vec<u8>, src: &[u8], mask: [u8; 4], off: usize) {
     let r = off & 3;
-    let m = [mask[r], mask[(r + 1) & 3], mask[(r + 2) & 3], mask[(r + 3) & 3]];
+    let m = [
+        mask[r],
+        mask[(r + 1) & 3],
+        mask[(r + 2) & 3],
+        mask[(r + 3) & 3],
+    ];
     let w = u64::from_ne_bytes([m[0], m[1], m[2], m[3], m[0], m[1], m[2], m[3]]);
     out.reserve(src.len());
     let (chunks, tail) = src.as_chunks::<8>();
@@ -298,13 +350,19 @@ impl Echo {
             if len >> 63 != 0 {
                 return Err(bad("64-bit length with the top bit set"));
             }
-            let Some(m) = b.get(hl..hl + 4) else { return Ok((i, Step::More)) };
+            let Some(m) = b.get(hl..hl + 4) else {
+                return Ok((i, Step::More));
+            };
             let mask: [u8; 4] = m.try_into().unwrap();
             hl += 4;
             match op {
                 0 | 1 | 2 => {
                     if (op == 0) != self.in_msg {
-                        return Err(bad(if op == 0 { "CONT without a message" } else { "new message inside a fragmented one" }));
+                        return Err(bad(if op == 0 {
+                            "CONT without a message"
+                        } else {
+                            "new message inside a fragmented one"
+                        }));
                     }
                     self.in_msg = !fin;
                     self.frames += 1;
@@ -319,7 +377,9 @@ impl Echo {
                         return Err(bad("fragmented or oversized control frame"));
                     }
                     let len = len as usize;
-                    let Some(p) = b.get(hl..hl + len) else { return Ok((i, Step::More)) };
+                    let Some(p) = b.get(hl..hl + len) else {
+                        return Ok((i, Step::More));
+                    };
                     i += hl + len;
                     match op {
                         9 => {
@@ -362,14 +422,21 @@ async fn echo_conn<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, corrupt: u64) ->
     let resp = match handshake_response(&buf[..head_len]) {
         Ok(r) => r,
         Err(e) => {
-            let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").await;
+            let _ = s
+                .write_all(
+                    b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                )
+                .await;
             return Err(e);
         }
     };
     s.write_all(&resp).await?;
     buf.drain(..head_len);
 
-    let mut echo = Echo { corrupt, ..Echo::default() };
+    let mut echo = Echo {
+        corrupt,
+        ..Echo::default()
+    };
     let mut out: Vec<u8> = Vec::new();
     let mut cap = MIN_BUF;
     loop {

@@ -92,7 +92,12 @@ fn parse_args() -> Args {
         "stream" => (n, size) = (d(n, 200000), d(size, 640)),
         "bulk" => (n, size) = (d(n, 2000), d(size, 60 * 1024)),
         "conns" => (n, size) = (d(n, 1000), d(size, 32)),
-        "fanout" => (n, size) = (d(n, (a.rate as f64 * a.duration + 0.5) as i64), d(size, 640)),
+        "fanout" => {
+            (n, size) = (
+                d(n, (a.rate as f64 * a.duration + 0.5) as i64),
+                d(size, 640),
+            )
+        }
         _ => usage(),
     }
     a.n = n;
@@ -108,7 +113,8 @@ fn self_cpu_us() -> u64 {
     unsafe {
         let mut ru: libc::rusage = std::mem::zeroed();
         libc::getrusage(libc::RUSAGE_SELF, &mut ru);
-        (ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) as u64 * 1_000_000 + (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) as u64
+        (ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) as u64 * 1_000_000
+            + (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) as u64
     }
 }
 
@@ -126,10 +132,16 @@ fn proc_cpu_ns(pid: i64) -> u64 {
     if pid <= 0 {
         return 0;
     }
-    let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
+    let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
     rd.flatten()
         .filter_map(|e| std::fs::read_to_string(e.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()))
+        .filter_map(|s| {
+            s.split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+        })
         .sum()
 }
 
@@ -145,7 +157,14 @@ fn mem_now() -> Mem {
     let mut m = Mem::default();
     if let Ok(s) = std::fs::read_to_string("/proc/self/status") {
         for l in s.lines() {
-            let val = |p: &str| l[p.len()..].trim().trim_end_matches("kB").trim().parse::<i64>().unwrap_or(0);
+            let val = |p: &str| {
+                l[p.len()..]
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<i64>()
+                    .unwrap_or(0)
+            };
             if l.starts_with("VmRSS:") {
                 m.rss_kb = val("VmRSS:");
             } else if l.starts_with("VmData:") {
@@ -163,7 +182,11 @@ fn mem_now() -> Mem {
 fn self_threads() -> i64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Threads:")).and_then(|l| l[8..].trim().parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Threads:"))
+                .and_then(|l| l[8..].trim().parse().ok())
+        })
         .unwrap_or(-1)
 }
 
@@ -186,14 +209,24 @@ fn raise_nofile() -> i64 {
 /// TCP_NODELAY on this process's TCP sockets: "all", "none", "mixed".
 fn nodelay_state() -> &'static str {
     let (mut on, mut off) = (0, 0);
-    let Ok(rd) = std::fs::read_dir("/proc/self/fd") else { return "unknown" };
+    let Ok(rd) = std::fs::read_dir("/proc/self/fd") else {
+        return "unknown";
+    };
     for e in rd.flatten() {
-        let Ok(fd) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(fd) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
         // SAFETY: getsockopt/getsockname on a descriptor we own, into locals.
         unsafe {
             let mut ty: libc::c_int = 0;
             let mut l = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-            if libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_TYPE, (&mut ty as *mut libc::c_int).cast(), &mut l) != 0
+            if libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_TYPE,
+                (&mut ty as *mut libc::c_int).cast(),
+                &mut l,
+            ) != 0
                 || ty != libc::SOCK_STREAM
             {
                 continue;
@@ -207,7 +240,14 @@ fn nodelay_state() -> &'static str {
             }
             let mut v: libc::c_int = 0;
             l = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-            if libc::getsockopt(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, (&mut v as *mut libc::c_int).cast(), &mut l) != 0 {
+            if libc::getsockopt(
+                fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_NODELAY,
+                (&mut v as *mut libc::c_int).cast(),
+                &mut l,
+            ) != 0
+            {
                 continue;
             }
             if v != 0 {
@@ -267,10 +307,17 @@ impl Pat {
     fn check(&self, data: &[u8], seq: u64, len: usize, text: bool) -> Res<()> {
         let off = (seq % 251) as usize;
         let p = if text { &self.text } else { &self.bin };
-        if data.len() == len && data[..8] == Self::seq_bytes(seq, text) && data[8..] == p[off + 8..off + len] {
+        if data.len() == len
+            && data[..8] == Self::seq_bytes(seq, text)
+            && data[8..] == p[off + 8..off + len]
+        {
             return Ok(());
         }
-        let got = if data.len() >= 8 { u64::from_le_bytes(data[..8].try_into().unwrap()) } else { 0 };
+        let got = if data.len() >= 8 {
+            u64::from_le_bytes(data[..8].try_into().unwrap())
+        } else {
+            0
+        };
         Err(format!(
             "echo {seq}: got {} bytes (want {len}){}, first 8 bytes decode as {got}",
             data.len(),
@@ -292,7 +339,10 @@ impl Hist {
     const SUB: u64 = 1 << Self::SUB_BITS;
 
     fn new() -> Hist {
-        Hist { count: vec![0; 64 * Self::SUB as usize], n: 0 }
+        Hist {
+            count: vec![0; 64 * Self::SUB as usize],
+            n: 0,
+        }
     }
 
     fn index(v: u64) -> usize {
@@ -428,16 +478,21 @@ fn connector(a: &Args) -> Res<Option<Connector>> {
         let cert = native_tls::Certificate::from_pem(&pem).map_err(|e| format!("{ca}: {e}"))?;
         b.add_root_certificate(cert);
     }
-    Ok(Some(Connector::NativeTls(b.build().map_err(|e| e.to_string())?)))
+    Ok(Some(Connector::NativeTls(
+        b.build().map_err(|e| e.to_string())?,
+    )))
 }
 
 async fn connect(a: &Args, conn: Option<Connector>) -> Res<Ws> {
     let mut cfg = WebSocketConfig::default();
     // Allow the bulk workload's 1 MiB messages (defaults: 64 MiB / 16 MiB).
-    cfg = cfg.max_message_size(Some((2 * a.size).max(64 << 20))).max_frame_size(Some((2 * a.size).max(16 << 20)));
-    let (ws, _resp) = tokio_tungstenite::connect_async_tls_with_config(a.url.as_str(), Some(cfg), true, conn)
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
+    cfg = cfg
+        .max_message_size(Some((2 * a.size).max(64 << 20)))
+        .max_frame_size(Some((2 * a.size).max(16 << 20)));
+    let (ws, _resp) =
+        tokio_tungstenite::connect_async_tls_with_config(a.url.as_str(), Some(cfg), true, conn)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
     Ok(ws)
 }
 
@@ -450,7 +505,9 @@ where
         match rx.next().await {
             Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => return Ok(m),
             Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
-            Some(Ok(Message::Close(c))) => return Err(format!("connection closed unexpectedly: {c:?}")),
+            Some(Ok(Message::Close(c))) => {
+                return Err(format!("connection closed unexpectedly: {c:?}"))
+            }
             Some(Err(e)) => return Err(format!("receive: {e}")),
             None => return Err("connection closed unexpectedly (EOF)".into()),
         }
@@ -461,7 +518,14 @@ fn check_msg(pat: &Pat, m: &Message, seq: u64, len: usize, text: bool) -> Res<()
     match (m, text) {
         (Message::Text(t), true) => pat.check(t.as_bytes(), seq, len, true),
         (Message::Binary(b), false) => pat.check(b, seq, len, false),
-        _ => Err(format!("echo {seq}: wrong opcode ({})", if text { "binary, want text" } else { "text, want binary" })),
+        _ => Err(format!(
+            "echo {seq}: wrong opcode ({})",
+            if text {
+                "binary, want text"
+            } else {
+                "text, want binary"
+            }
+        )),
     }
 }
 
@@ -472,7 +536,14 @@ async fn pingpong(a: &Args, pat: &Pat, j: &mut Json) -> Res<()> {
     let total = (a.warmup + a.n) as u64;
     let mut lat = Hist::new();
     let mut buf = Vec::with_capacity(a.size);
-    let mut iv = Interval { t0: Instant::now(), t1: Instant::now(), cpu0: 0, cpu1: 0, srv0: 0, srv1: 0 };
+    let mut iv = Interval {
+        t0: Instant::now(),
+        t1: Instant::now(),
+        cpu0: 0,
+        cpu1: 0,
+        srv0: 0,
+        srv1: 0,
+    };
     for seq in 0..total {
         pat.fill(&mut buf, seq, a.size, true);
         // The payload is ASCII by construction (a String is what a Rust
@@ -484,7 +555,9 @@ async fn pingpong(a: &Args, pat: &Pat, j: &mut Json) -> Res<()> {
             iv.t0 = Instant::now();
         }
         let ts = Instant::now();
-        ws.send(Message::text(s)).await.map_err(|e| format!("send: {e}"))?;
+        ws.send(Message::text(s))
+            .await
+            .map_err(|e| format!("send: {e}"))?;
         let m = next_data(&mut ws).await?;
         let t = Instant::now();
         check_msg(pat, &m, seq, a.size, true)?;
@@ -518,7 +591,9 @@ async fn stream(a: &Args, pat: &Pat, j: &mut Json) -> Res<()> {
         let mut buf = Vec::with_capacity(a.size);
         for seq in 0..n {
             pat.fill(&mut buf, seq, a.size, false);
-            tx.feed(Message::binary(buf.clone())).await.map_err(|e| format!("send: {e}"))?;
+            tx.feed(Message::binary(buf.clone()))
+                .await
+                .map_err(|e| format!("send: {e}"))?;
         }
         tx.flush().await.map_err(|e| format!("flush: {e}"))?;
         Ok::<(), String>(())
@@ -533,7 +608,14 @@ async fn stream(a: &Args, pat: &Pat, j: &mut Json) -> Res<()> {
     let (w, r) = tokio::join!(writer, reader);
     w?;
     let t1 = r?;
-    let iv = Interval { t0, t1, cpu0, cpu1: self_cpu_us(), srv0, srv1: proc_cpu_ns(a.server_pid) };
+    let iv = Interval {
+        t0,
+        t1,
+        cpu0,
+        cpu1: self_cpu_us(),
+        srv0,
+        srv1: proc_cpu_ns(a.server_pid),
+    };
     put_interval(j, a, a.n, &iv);
     j.num("maxrss_kb", self_maxrss_kb() as f64);
     j.str("nodelay", nodelay_state());
@@ -547,7 +629,9 @@ async fn conns(a: &Args, pat: &Pat, j: &mut Json) -> Res<()> {
     j.num("nofile", lim as f64);
     let n = a.n as usize;
     if lim < n as i64 + 64 {
-        return Err(format!("RLIMIT_NOFILE {lim} is too low for {n} connections"));
+        return Err(format!(
+            "RLIMIT_NOFILE {lim} is too low for {n} connections"
+        ));
     }
     // One connection first so one-time allocations are in the baseline.
     let warm = connect(a, connector(a)?).await?;
@@ -571,14 +655,17 @@ async fn conns(a: &Args, pat: &Pat, j: &mut Json) -> Res<()> {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let m1 = mem_now();
     let size = a.size;
-    let results = futures_util::future::join_all(socks.iter_mut().enumerate().map(|(i, ws)| async move {
-        let mut buf = Vec::with_capacity(size);
-        pat.fill(&mut buf, i as u64, size, false);
-        ws.send(Message::binary(buf)).await.map_err(|e| format!("send: {e}"))?;
-        let m = next_data(ws).await?;
-        check_msg(pat, &m, i as u64, size, false)
-    }))
-    .await;
+    let results =
+        futures_util::future::join_all(socks.iter_mut().enumerate().map(|(i, ws)| async move {
+            let mut buf = Vec::with_capacity(size);
+            pat.fill(&mut buf, i as u64, size, false);
+            ws.send(Message::binary(buf))
+                .await
+                .map_err(|e| format!("send: {e}"))?;
+            let m = next_data(ws).await?;
+            check_msg(pat, &m, i as u64, size, false)
+        }))
+        .await;
     results.into_iter().collect::<Res<Vec<()>>>()?;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let m2 = mem_now();
@@ -586,12 +673,27 @@ async fn conns(a: &Args, pat: &Pat, j: &mut Json) -> Res<()> {
     let ct = (t1 - t0).as_secs_f64();
     j.num("connect_total_ms", ct * 1e3);
     j.num("connects_per_s", nf / ct);
-    j.num("rss_per_conn_b", (m1.rss_kb - m0.rss_kb) as f64 * 1024.0 / nf);
-    j.num("vmdata_per_conn_b", (m1.data_kb - m0.data_kb) as f64 * 1024.0 / nf);
+    j.num(
+        "rss_per_conn_b",
+        (m1.rss_kb - m0.rss_kb) as f64 * 1024.0 / nf,
+    );
+    j.num(
+        "vmdata_per_conn_b",
+        (m1.data_kb - m0.data_kb) as f64 * 1024.0 / nf,
+    );
     j.num("malloc_per_conn_b", (m1.heap_used - m0.heap_used) / nf);
-    j.num("malloc_arena_per_conn_b", (m1.heap_arena - m0.heap_arena) / nf);
-    j.num("rss_per_conn_after_echo_b", (m2.rss_kb - m0.rss_kb) as f64 * 1024.0 / nf);
-    j.num("malloc_per_conn_after_echo_b", (m2.heap_used - m0.heap_used) / nf);
+    j.num(
+        "malloc_arena_per_conn_b",
+        (m1.heap_arena - m0.heap_arena) / nf,
+    );
+    j.num(
+        "rss_per_conn_after_echo_b",
+        (m2.rss_kb - m0.rss_kb) as f64 * 1024.0 / nf,
+    );
+    j.num(
+        "malloc_per_conn_after_echo_b",
+        (m2.heap_used - m0.heap_used) / nf,
+    );
     j.num("rss_base_kb", m0.rss_kb as f64);
     j.num("vmdata_base_kb", m0.data_kb as f64);
     j.num("threads", self_threads() as f64);
@@ -620,7 +722,10 @@ async fn fanout(a: &Args, pat: &Pat, j: &mut Json) -> Res<()> {
     let start = Instant::now() + Duration::from_millis(20);
     let cpu0 = self_cpu_us();
     let srv0 = proc_cpu_ns(a.server_pid);
-    let pat = std::sync::Arc::new(Pat { bin: pat.bin.clone(), text: Vec::new() });
+    let pat = std::sync::Arc::new(Pat {
+        bin: pat.bin.clone(),
+        text: Vec::new(),
+    });
     let size = a.size;
     let mut tasks = tokio::task::JoinSet::new();
     for (c, ws) in socks.into_iter().enumerate() {
@@ -675,7 +780,14 @@ async fn fanout(a: &Args, pat: &Pat, j: &mut Json) -> Res<()> {
         late_max = late_max.max(lm);
         done.push(ws);
     }
-    let iv = Interval { t0: start, t1, cpu0, cpu1: self_cpu_us(), srv0, srv1: proc_cpu_ns(a.server_pid) };
+    let iv = Interval {
+        t0: start,
+        t1,
+        cpu0,
+        cpu1: self_cpu_us(),
+        srv0,
+        srv1: proc_cpu_ns(a.server_pid),
+    };
     j.num("conns", c_n as f64);
     j.num("rate", a.rate as f64);
     j.num("duration_s", a.duration);
@@ -691,7 +803,10 @@ async fn fanout(a: &Args, pat: &Pat, j: &mut Json) -> Res<()> {
 fn main() {
     let a = parse_args();
     let pat = Pat::new(a.size.max(64));
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     let mut j = Json::new();
     j.str("client", "tokio-tungstenite");
     j.str("workload", &a.workload);
