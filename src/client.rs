@@ -1235,27 +1235,18 @@ impl Client {
         }
     }
 
+    /// The peer closed TCP: a transport failure whose status says so.
     fn peer_eof(&self, ctx: &mut LoopCtx, g: &mut Inner) -> Option<Deliver<'static>> {
-        let link = g.link.as_ref()?;
-        match link.phase {
-            Phase::Resolving | Phase::Connecting | Phase::TlsHandshaking | Phase::Handshaking => {
-                self.fail_connect(ctx, g, PJ_WEBSOCK_ECONNCLOSED)
-            }
-            Phase::Open => self.finish(
-                ctx,
-                g,
-                Some(pj_websock_close_initiator::PJ_WEBSOCK_CLOSE_TRANSPORT),
-                PJ_EEOF,
-            ),
-            Phase::Closing => {
-                let status = if link.close_received.is_some() {
-                    PJ_SUCCESS
-                } else {
-                    PJ_EEOF
-                };
-                self.finish(ctx, g, None, status)
-            }
-        }
+        let connecting = matches!(
+            g.link.as_ref()?.phase,
+            Phase::Resolving | Phase::Connecting | Phase::TlsHandshaking | Phase::Handshaking
+        );
+        let status = if connecting {
+            PJ_WEBSOCK_ECONNCLOSED
+        } else {
+            PJ_EEOF
+        };
+        self.transport_failed(ctx, g, status)
     }
 
     fn transport_failed(
