@@ -168,6 +168,7 @@ struct tctx {
     void (*rx_hook)(tctx *c, pj_websock *ws, pj_websock_opcode op, const void *data, pj_size_t len);
     void (*close_hook)(tctx *c, pj_websock *ws, pj_uint16_t code, const pj_str_t *reason);
     void *arg;
+    pj_status_t hook_status;    /* result of an API call made by a hook */
 };
 
 void tctx_init(tctx *c);
