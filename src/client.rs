@@ -12,14 +12,16 @@
 
 use std::ffi::c_void;
 use std::net::{IpAddr, SocketAddr};
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::ffi::types::*;
-use crate::net::evloop::{self, EventLoop, Handler, LoopCtx, TimerId, Token};
+use crate::net::evloop::{self, Handler, LoopCtx, TimerId, Token};
+use crate::net::pjdrv::{self, PjDrv, PjEvent, PjIo, PjSock};
 use crate::net::sock::Socket;
-use crate::net::tls::{self, HandshakeStep, TlsConfig, TlsIoError, TlsSession, TlsStream};
+use crate::net::tls::{self, HandshakeStep, SockIo, TlsConfig, TlsIoError, TlsSession, TlsStream};
 use crate::net::txqueue::{TxQueue, MAX_IOV};
 use crate::net::url::WsUrl;
 use crate::net::worker;
@@ -100,6 +102,125 @@ enum Io {
     Failed(pj_status_t),
 }
 
+/// A connection's socket: on the own event loop, or registered with the
+/// application's pjlib ioqueue.
+enum Sock {
+    Os(Socket),
+    Pj(Box<PjSock>),
+}
+
+impl Sock {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Sock::Os(s) => s.read(buf),
+            Sock::Pj(p) => p.read(buf),
+        }
+    }
+
+    fn writev(&mut self, iov: &[libc::iovec]) -> std::io::Result<usize> {
+        match self {
+            Sock::Os(s) => s.writev(iov),
+            Sock::Pj(p) => p.writev(iov),
+        }
+    }
+
+    /// The result of the connect: PJ_SUCCESS when connected.
+    fn connect_result(&self) -> pj_status_t {
+        match self {
+            Sock::Os(s) => from_os(s.take_error()),
+            Sock::Pj(p) => p.connect_result(),
+        }
+    }
+
+    /// Sets the readiness the connection waits for (EPOLLIN is always on;
+    /// EPOLLOUT while `events` has it).
+    fn set_interest(&mut self, token: Token, events: u32) {
+        match self {
+            Sock::Os(s) => {
+                if let Some(lp) = evloop::try_get() {
+                    let _ = lp.modify(s.fd(), token, events);
+                }
+            }
+            Sock::Pj(p) => p.want_out = events & EV_OUT != 0,
+        }
+    }
+
+    /// The transport under a TLS stream on this socket.
+    fn tls_io(&mut self) -> SockIo {
+        match self {
+            Sock::Os(s) => SockIo::Fd(s.fd()),
+            Sock::Pj(p) => SockIo::Pj(PjIo(&mut **p as *mut PjSock)),
+        }
+    }
+}
+
+/// Buffers of a thread that runs connections: the own loop keeps them in
+/// its context, pjlib's polling threads in a thread-local.
+#[derive(Default)]
+pub struct Bufs {
+    rx_buf: Vec<u8>,
+    scratch: Vec<u8>,
+}
+
+/// The context loop-side code runs in: the own event loop's (which owns
+/// the epoll registrations), or a pjlib polling thread's.
+enum Cx<'a> {
+    Own(&'a mut LoopCtx),
+    Pj(&'a mut Bufs),
+}
+
+impl Cx<'_> {
+    /// The shared receive buffer (taken while in use) and the scratch
+    /// space for replies the protocol engine writes.
+    fn bufs(&mut self) -> (&mut Vec<u8>, &mut Vec<u8>) {
+        match self {
+            Cx::Own(c) => (&mut c.rx_buf, &mut c.scratch),
+            Cx::Pj(b) => (&mut b.rx_buf, &mut b.scratch),
+        }
+    }
+}
+
+thread_local! {
+    static PJ_BUFS: std::cell::Cell<Option<Box<Bufs>>> = const { std::cell::Cell::new(None) };
+}
+
+type Cmd = Box<dyn FnOnce(&Arc<Client>, &mut Cx<'_>) + Send>;
+
+/// Serialises an instance's work in pjlib mode: events that arrive on
+/// several polling threads at once run one after the other, on whichever
+/// thread got there first, so callbacks of one instance never overlap.
+#[derive(Default)]
+struct Exec {
+    busy: bool,
+    events: Vec<PjEvent>,
+    cmds: Vec<Cmd>,
+    /// Destroyed: nothing more runs.
+    closed: bool,
+}
+
+/// An instance driven by the application's pjlib ioqueue and timer heap.
+struct PjMode {
+    drv: PjDrv,
+    exec: Mutex<Exec>,
+}
+
+/// Holds the instance's group lock (pjlib mode) for an API call, so the
+/// lock order is always group lock, then the instance's own lock.
+struct GrpGuard<'a>(Option<&'a PjDrv>);
+
+impl Drop for GrpGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(d) = self.0 {
+            d.unlock();
+        }
+    }
+}
+
+fn this_thread() -> usize {
+    // SAFETY: pthread_self has no preconditions.
+    unsafe { libc::pthread_self() as usize }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Phase {
     Resolving,
@@ -120,7 +241,7 @@ struct Link {
     addrs: Vec<SocketAddr>,
     next_addr: usize,
     last_err: pj_status_t,
-    sock: Option<(Socket, Token)>,
+    sock: Option<(Sock, Token)>,
     tls_plan: Option<TlsPlan>,
     tls_ctx: Option<openssl::ssl::SslContext>,
     tls: Option<Box<TlsStream>>,
@@ -146,7 +267,8 @@ struct Link {
     ping_sent_at: Option<u64>,
     /// `mono_ns()` of the last read from the peer.
     last_rx: u64,
-    timer: Option<(TimerId, Instant)>,
+    /// The scheduled timer (own loop: its id) and its deadline.
+    timer: Option<(Option<TimerId>, Instant)>,
     close_received: Option<(u16, String)>,
 }
 
@@ -166,6 +288,8 @@ struct Inner {
 struct Gate {
     destroyed: bool,
     running: bool,
+    /// pthread_self() of the thread running a callback.
+    thread: usize,
 }
 
 /// The object behind `pj_websock *`.
@@ -178,6 +302,9 @@ pub struct Client {
     ssl_param: usize,
     gate: Mutex<Gate>,
     gate_cv: Condvar,
+    /// Set when the application's ioqueue and timer heap drive the
+    /// instance; None on the own event loop.
+    pj: Option<Box<PjMode>>,
 }
 
 /// A callback to make once the lock is released.
@@ -302,7 +429,7 @@ impl Link {
     }
 
     fn io_read(&mut self, buf: &mut [u8]) -> Io {
-        let Some((sock, _)) = self.sock.as_ref() else {
+        let Some((sock, _)) = self.sock.as_mut() else {
             return Io::Eof;
         };
         if let Some(t) = self.tls.as_mut() {
@@ -328,7 +455,7 @@ impl Link {
     /// Writes from the front of the send queue: several chunks at once
     /// over TCP, the front chunk through TLS.
     fn write_some(&mut self) -> Io {
-        let Some((sock, _)) = self.sock.as_ref() else {
+        let Some((sock, _)) = self.sock.as_mut() else {
             return Io::Eof;
         };
         if let Some(t) = self.tls.as_mut() {
@@ -357,7 +484,7 @@ impl Link {
     /// Writes as much of the send queue as the socket takes and keeps the
     /// EPOLLOUT interest in step with what is left. Callable from any
     /// thread with the instance locked.
-    fn flush(&mut self, lp: &EventLoop) -> Result<(), pj_status_t> {
+    fn flush(&mut self) -> Result<(), pj_status_t> {
         if self.sock.is_none() {
             return Ok(());
         }
@@ -369,9 +496,6 @@ impl Link {
                 Io::Failed(e) => return Err(e),
             }
         }
-        let Some((sock, token)) = self.sock.as_ref() else {
-            return Ok(());
-        };
         let pending = !self.tx.is_empty();
         if !pending {
             self.flush_deadline = None;
@@ -379,22 +503,50 @@ impl Link {
         // TLS may need the socket writable to make progress on a read.
         let pending = pending || self.tls.as_ref().is_some_and(|t| t.want_write);
         if pending != self.out_armed && self.phase != Phase::Connecting {
-            let ev = if pending { EV_IN | EV_OUT } else { EV_IN };
-            let _ = lp.modify(sock.fd(), *token, ev);
+            self.interest(if pending { EV_IN | EV_OUT } else { EV_IN });
             self.out_armed = pending;
         }
         Ok(())
     }
+
+    fn interest(&mut self, events: u32) {
+        if let Some((sock, token)) = self.sock.as_mut() {
+            sock.set_interest(*token, events);
+        }
+    }
 }
 
 impl Client {
-    pub fn new(param: &pj_websock_param) -> Arc<Client> {
+    /// A new instance. With `param->ioqueue` (and `timer_heap`) set it is
+    /// driven by the application's pjlib objects: that needs pjlib in the
+    /// process (else PJ_ENOTSUP) and a pool (else PJ_EINVAL).
+    pub fn new(pool: *mut pj_pool_t, param: &pj_websock_param) -> Result<Arc<Client>, pj_status_t> {
+        let pj = if param.ioqueue.is_null() {
+            None
+        } else {
+            if param.timer_heap.is_null() {
+                return Err(PJ_EINVAL);
+            }
+            if !pjdrv::available() {
+                return Err(PJ_ENOTSUP);
+            }
+            let drv = PjDrv::new(
+                pool as *mut c_void,
+                param.ioqueue as *mut c_void,
+                param.timer_heap as *mut c_void,
+                param.grp_lock as *mut c_void,
+            )?;
+            Some(Box::new(PjMode {
+                drv,
+                exec: Mutex::new(Exec::default()),
+            }))
+        };
         LIVE.fetch_add(1, Ordering::Relaxed);
         let ping = match param.ping_interval {
             0 => None,
             s => Some(Duration::from_secs(s as u64)),
         };
-        Arc::new(Client {
+        let c = Arc::new(Client {
             inner: Mutex::new(Inner {
                 state: pj_websock_readystate::PJ_WEBSOCK_STATE_CLOSED,
                 cfg: Config {
@@ -423,9 +575,51 @@ impl Client {
             gate: Mutex::new(Gate {
                 destroyed: false,
                 running: false,
+                thread: 0,
             }),
             gate_cv: Condvar::new(),
-        })
+            pj,
+        });
+        if let Some(pj) = c.pj.as_ref() {
+            pj.drv
+                .attach::<Client>(Arc::into_raw(c.clone()) as *const c_void);
+        }
+        Ok(c)
+    }
+
+    /// Takes the group lock for an API call in pjlib mode.
+    fn api_guard(&self) -> GrpGuard<'_> {
+        match self.pj.as_ref() {
+            Some(pj) => {
+                pjdrv::enter_thread();
+                pj.drv.lock();
+                GrpGuard(Some(&pj.drv))
+            }
+            None => GrpGuard(None),
+        }
+    }
+
+    /// Runs `f` on the thread that drives the instance: the own loop, or
+    /// (pjlib mode) a polling thread, through the timer heap.
+    fn post(self: &Arc<Self>, f: impl FnOnce(&Arc<Client>, &mut Cx<'_>) + Send + 'static) {
+        let me = self.clone();
+        match self.pj.as_ref() {
+            None => {
+                if let Ok(lp) = evloop::get() {
+                    lp.post(move |ctx| f(&me, &mut Cx::Own(ctx)));
+                }
+            }
+            Some(pj) => {
+                {
+                    let mut x = lock(&pj.exec);
+                    if x.closed {
+                        return;
+                    }
+                    x.cmds.push(Box::new(f));
+                }
+                pj.drv.kick();
+            }
+        }
     }
 
     // ----- API (any thread) -------------------------------------------
@@ -512,24 +706,23 @@ impl Client {
 
     /// Takes effect for the open connection at its next ping.
     pub fn set_ping_interval(self: &Arc<Self>, d: Option<Duration>) {
+        let _gl = self.api_guard();
         let mut g = lock(&self.inner);
         g.cfg.ping_interval = d;
         if let Some(link) = g.link.as_mut() {
             if link.phase == Phase::Open {
                 link.next_ping = d.map(|d| Instant::now() + d);
                 link.ping_sent_at = None;
-                if let Ok(lp) = evloop::get() {
-                    self.rearm(lp, link);
-                }
+                self.rearm(link);
             }
         }
     }
 
     pub fn connect(self: &Arc<Self>, req: ConnectRequest) -> pj_status_t {
-        let lp = match evloop::get() {
-            Ok(lp) => lp,
-            Err(_) => return PJ_WEBSOCK_ELOOP,
-        };
+        if self.pj.is_none() && evloop::get().is_err() {
+            return PJ_WEBSOCK_ELOOP;
+        }
+        let _gl = self.api_guard();
         let mut key = [0u8; 16];
         rand::fill(&mut key);
         let extra: Vec<(&[u8], &[u8])> = req
@@ -569,15 +762,15 @@ impl Client {
         g.subprotocol = None;
         g.http_status = 0;
         g.response_head = Vec::new();
-        self.rearm(lp, &mut link);
+        self.rearm(&mut link);
         g.link = Some(link);
         drop(g);
-        let me = self.clone();
-        lp.post(move |ctx| me.start(ctx, attempt));
+        self.post(move |me, cx| me.start(cx, attempt));
         PJ_SUCCESS
     }
 
     pub fn send(self: &Arc<Self>, op: OpCode, data: &[u8]) -> pj_status_t {
+        let _gl = self.api_guard();
         let mut g = lock(&self.inner);
         if g.state != pj_websock_readystate::PJ_WEBSOCK_STATE_OPEN {
             return PJ_EINVALIDOP;
@@ -607,31 +800,31 @@ impl Client {
         if link.out_armed || link.write_err.is_some() {
             return PJ_SUCCESS; // the loop drains the queue when writable
         }
-        let Some(lp) = evloop::try_get() else {
-            return PJ_SUCCESS;
-        };
         if !burst || link.buffered() >= COALESCE_BYTES {
-            if let Err(e) = link.flush(lp) {
-                self.defer_write_error(lp, link, e);
+            if let Err(e) = link.flush() {
+                self.defer_write_error(link, e);
             }
         } else if link.flush_deadline.is_none() {
             link.flush_deadline = Some(Instant::now() + COALESCE_DELAY);
-            self.rearm(lp, link);
+            self.rearm(link);
         }
         PJ_SUCCESS
     }
 
     /// A write failed on an API thread: let the loop end the connection.
-    fn defer_write_error(&self, lp: &'static EventLoop, link: &mut Link, e: pj_status_t) {
+    fn defer_write_error(self: &Arc<Self>, link: &mut Link, e: pj_status_t) {
         link.write_err = Some(e);
-        if let Some((sock, token)) = link.sock.as_ref() {
-            // EPOLLOUT on a failed socket fires at once; the loop sees write_err.
-            let _ = lp.modify(sock.fd(), *token, EV_IN | EV_OUT);
-            link.out_armed = true;
+        // EPOLLOUT on a failed socket fires at once (pjlib mode: at the
+        // next kick); the loop sees write_err.
+        link.interest(EV_IN | EV_OUT);
+        link.out_armed = true;
+        if self.pj.is_some() {
+            self.post(|_, _| {});
         }
     }
 
     pub fn close(self: &Arc<Self>, code: u16, reason: &[u8]) -> pj_status_t {
+        let _gl = self.api_guard();
         let mut g = lock(&self.inner);
         match g.state {
             pj_websock_readystate::PJ_WEBSOCK_STATE_OPEN => {}
@@ -646,10 +839,7 @@ impl Client {
                 link.cancel = true;
                 let attempt = link.attempt;
                 drop(g);
-                if let Ok(lp) = evloop::get() {
-                    let me = self.clone();
-                    lp.post(move |ctx| me.abort(ctx, attempt));
-                }
+                self.post(move |me, cx| me.abort(cx, attempt));
                 return PJ_SUCCESS;
             }
             _ => return PJ_EINVALIDOP,
@@ -671,14 +861,12 @@ impl Client {
         link.phase = Phase::Closing;
         link.next_ping = None;
         link.close_deadline = Some(Instant::now() + close_timeout);
-        if let Some(lp) = evloop::try_get() {
-            if !link.out_armed && link.write_err.is_none() {
-                if let Err(e) = link.flush(lp) {
-                    self.defer_write_error(lp, link, e);
-                }
+        if !link.out_armed && link.write_err.is_none() {
+            if let Err(e) = link.flush() {
+                self.defer_write_error(link, e);
             }
-            self.rearm(lp, link);
         }
+        self.rearm(link);
         PJ_SUCCESS
     }
 
@@ -688,24 +876,46 @@ impl Client {
         {
             let mut gate = lock(&self.gate);
             gate.destroyed = true;
-            let on_loop = evloop::try_get().is_some_and(|lp| lp.on_loop_thread());
-            while gate.running && !on_loop {
+            // From inside a callback (its thread is this one) there is
+            // nothing to wait for.
+            let me = this_thread();
+            while gate.running && gate.thread != me {
                 gate = self.gate_cv.wait(gate).unwrap_or_else(|e| e.into_inner());
             }
+        }
+        if let Some(pj) = self.pj.as_ref() {
+            // pjlib mode: the socket leaves the application's ioqueue and
+            // the timers its heap before this returns, as upstream does.
+            let gl = self.api_guard();
+            let link = {
+                let mut g = lock(&self.inner);
+                g.state = pj_websock_readystate::PJ_WEBSOCK_STATE_CLOSED;
+                g.link.take()
+            };
+            let cmds = {
+                let mut x = lock(&pj.exec);
+                x.closed = true;
+                std::mem::take(&mut x.cmds)
+            };
+            drop(cmds);
+            if let Some(link) = link {
+                let mut bufs = Bufs::default();
+                self.release(&mut Cx::Pj(&mut bufs), link);
+            }
+            drop(gl);
+            pj.drv.detach();
+            return;
         }
         let mut g = lock(&self.inner);
         g.state = pj_websock_readystate::PJ_WEBSOCK_STATE_CLOSED;
         if g.link.is_some() {
             drop(g);
-            if let Some(lp) = evloop::try_get() {
-                let me = self.clone();
-                lp.post(move |ctx| {
-                    let link = lock(&me.inner).link.take();
-                    if let Some(link) = link {
-                        me.release(ctx, link);
-                    }
-                });
-            }
+            self.post(|me, cx| {
+                let link = lock(&me.inner).link.take();
+                if let Some(link) = link {
+                    me.release(cx, link);
+                }
+            });
         }
     }
 
@@ -716,31 +926,60 @@ impl Client {
     // ----- loop thread ------------------------------------------------
 
     /// Closes the socket and cancels the timer of a finished link.
-    fn release(&self, ctx: &mut LoopCtx, mut link: Box<Link>) {
+    fn release(&self, cx: &mut Cx<'_>, mut link: Box<Link>) {
         if let Some((id, _)) = link.timer.take() {
-            ctx.event_loop().cancel_timer(id);
+            self.cancel_timer(id);
         }
-        if let Some((sock, token)) = link.sock.take() {
-            ctx.deregister(sock.fd(), token);
-            drop(sock);
+        // The TLS stream refers to the socket: it goes first.
+        link.tls = None;
+        self.close_sock(cx, &mut link);
+    }
+
+    /// Closes a link's socket (deregistering it from the own loop, or
+    /// unregistering it from the application's ioqueue).
+    fn close_sock(&self, cx: &mut Cx<'_>, link: &mut Link) {
+        match (link.sock.take(), cx) {
+            (Some((Sock::Os(sock), token)), Cx::Own(ctx)) => {
+                ctx.deregister(sock.fd(), token);
+                drop(sock);
+            }
+            (s, _) => drop(s), // a PjSock unregisters on drop
+        }
+    }
+
+    fn cancel_timer(&self, id: Option<TimerId>) {
+        match (self.pj.as_ref(), id) {
+            (Some(pj), _) => pj.drv.set_timer(None),
+            (None, Some(id)) => {
+                if let Some(lp) = evloop::try_get() {
+                    lp.cancel_timer(id);
+                }
+            }
+            (None, None) => {}
         }
     }
 
     /// (Re)schedules the instance's single timer at its earliest deadline.
-    fn rearm(self: &Arc<Self>, lp: &EventLoop, link: &mut Link) {
+    fn rearm(self: &Arc<Self>, link: &mut Link) {
         let want = link.earliest_deadline();
         match (link.timer, want) {
             (Some((_, at)), Some(w)) if at == w => {}
             (cur, want) => {
-                if let Some((id, _)) = cur {
+                if let Some(pj) = self.pj.as_ref() {
+                    pj.drv.set_timer(want);
+                    link.timer = want.map(|w| (None, w));
+                    return;
+                }
+                let Some(lp) = evloop::try_get() else { return };
+                if let Some((Some(id), _)) = cur {
                     lp.cancel_timer(id);
                 }
-                link.timer = want.map(|w| (lp.schedule(self.clone(), w), w));
+                link.timer = want.map(|w| (Some(lp.schedule(self.clone(), w)), w));
             }
         }
     }
 
-    fn start(self: &Arc<Self>, ctx: &mut LoopCtx, attempt: u64) {
+    fn start(self: &Arc<Self>, cx: &mut Cx<'_>, attempt: u64) {
         let mut g = lock(&self.inner);
         let Some(link) = g.link.as_mut() else { return };
         if link.attempt != attempt || link.phase != Phase::Resolving || link.cancel {
@@ -750,7 +989,7 @@ impl Client {
         if let (Some(ip), None) = (link.ip, &tls_cfg) {
             // Plain ws:// to an IP literal: nothing blocking to do.
             link.addrs = vec![SocketAddr::new(ip, link.port)];
-            let d = self.try_next_addr(ctx, &mut g);
+            let d = self.try_next_addr(cx, &mut g);
             drop(g);
             self.deliver_all(d);
             return;
@@ -758,20 +997,27 @@ impl Client {
         let (host, port, ip) = (link.host.clone(), link.port, link.ip);
         drop(g);
         let me = self.clone();
-        let lp = ctx.event_loop();
+        if let Some(pj) = self.pj.as_ref() {
+            // The record must outlive the job's hand-back.
+            pj.drv.add_ref();
+        }
         worker::run(move || {
             let tls = tls_cfg.map(|c| tls::context(&c));
             let addrs = match ip {
                 Some(ip) => Ok(vec![SocketAddr::new(ip, port)]),
                 None => worker::lookup(&host, port),
             };
-            lp.post(move |ctx| me.on_resolved(ctx, attempt, addrs, tls));
+            me.post(move |me, cx| me.on_resolved(cx, attempt, addrs, tls));
+            if let Some(pj) = me.pj.as_ref() {
+                pjdrv::enter_thread();
+                pj.drv.unref();
+            }
         });
     }
 
     fn on_resolved(
         self: &Arc<Self>,
-        ctx: &mut LoopCtx,
+        cx: &mut Cx<'_>,
         attempt: u64,
         res: Result<Vec<SocketAddr>, ()>,
         tls: Option<Result<openssl::ssl::SslContext, pj_status_t>>,
@@ -782,54 +1028,39 @@ impl Client {
             return;
         }
         let d = match (res, tls) {
-            (_, Some(Err(e))) => self.fail_connect(ctx, &mut g, e),
+            (_, Some(Err(e))) => self.fail_connect(cx, &mut g, e),
             (Ok(addrs), tls) => {
                 link.addrs = addrs;
                 link.tls_ctx = tls.and_then(|t| t.ok());
-                self.try_next_addr(ctx, &mut g)
+                self.try_next_addr(cx, &mut g)
             }
-            (Err(()), _) => self.fail_connect(ctx, &mut g, PJ_ERESOLVE),
+            (Err(()), _) => self.fail_connect(cx, &mut g, PJ_ERESOLVE),
         };
         drop(g);
         self.deliver_all(d);
     }
 
-    fn abort(self: &Arc<Self>, ctx: &mut LoopCtx, attempt: u64) {
+    fn abort(self: &Arc<Self>, cx: &mut Cx<'_>, attempt: u64) {
         let mut g = lock(&self.inner);
         let Some(link) = g.link.as_ref() else { return };
         if link.attempt != attempt || matches!(link.phase, Phase::Open | Phase::Closing) {
             return;
         }
-        let d = self.fail_connect(ctx, &mut g, PJ_ECANCELLED);
+        let d = self.fail_connect(cx, &mut g, PJ_ECANCELLED);
         drop(g);
         self.deliver_all(d);
     }
 
     /// Starts a TCP connect to the next resolved address, or fails the
     /// attempt when none is left.
-    fn try_next_addr(
-        self: &Arc<Self>,
-        ctx: &mut LoopCtx,
-        g: &mut Inner,
-    ) -> Option<Deliver<'static>> {
-        let lp = ctx.event_loop();
+    fn try_next_addr(self: &Arc<Self>, cx: &mut Cx<'_>, g: &mut Inner) -> Option<Deliver<'static>> {
         let link = g.link.as_mut()?;
-        if let Some((sock, token)) = link.sock.take() {
-            ctx.deregister(sock.fd(), token);
-        }
+        self.close_sock(cx, link);
         while link.next_addr < link.addrs.len() {
             let addr = link.addrs[link.next_addr];
             link.next_addr += 1;
-            let sock = match Socket::connect(&addr) {
-                Ok((s, _)) => s,
-                Err(e) => {
-                    link.last_err = io_status(&e);
-                    continue;
-                }
-            };
-            // Both directions: EPOLLOUT reports the connect's completion.
-            match ctx.register(sock.fd(), self.clone(), EV_IN | EV_OUT) {
-                Ok(token) => {
+            match self.open_sock(cx, &addr) {
+                Ok((sock, token)) => {
                     let now = Instant::now();
                     let remaining = link.connect_deadline.map_or(DEFAULT_CONNECT_TIMEOUT, |d| {
                         d.saturating_duration_since(now)
@@ -842,25 +1073,48 @@ impl Client {
                     link.phase = Phase::Connecting;
                     link.out_armed = true;
                     link.addr_deadline = Some(now + per);
-                    self.rearm(lp, link);
+                    self.rearm(link);
                     return None;
                 }
-                Err(e) => link.last_err = io_status(&e),
+                Err(e) => link.last_err = e,
             }
         }
         let err = link.last_err;
-        self.fail_connect(ctx, g, err)
+        self.fail_connect(cx, g, err)
+    }
+
+    /// Creates a socket, starts connecting it to `addr` and registers it
+    /// with the loop or the application's ioqueue.
+    fn open_sock(
+        self: &Arc<Self>,
+        cx: &mut Cx<'_>,
+        addr: &SocketAddr,
+    ) -> Result<(Sock, Token), pj_status_t> {
+        if let Some(pj) = self.pj.as_ref() {
+            let (ps, _) = pj.drv.open(addr)?;
+            let token = Token::foreign(ps.key());
+            return Ok((Sock::Pj(Box::new(ps)), token));
+        }
+        let Cx::Own(ctx) = cx else {
+            return Err(PJ_EBUG);
+        };
+        let (sock, _) = Socket::connect(addr).map_err(|e| io_status(&e))?;
+        // Both directions: EPOLLOUT reports the connect's completion.
+        let token = ctx
+            .register(sock.fd(), self.clone(), EV_IN | EV_OUT)
+            .map_err(|e| io_status(&e))?;
+        Ok((Sock::Os(sock), token))
     }
 
     /// Ends a connect attempt with `status`.
     fn fail_connect(
         &self,
-        ctx: &mut LoopCtx,
+        cx: &mut Cx<'_>,
         g: &mut Inner,
         status: pj_status_t,
     ) -> Option<Deliver<'static>> {
         let link = g.link.take()?;
-        self.release(ctx, link);
+        self.release(cx, link);
         g.state = pj_websock_readystate::PJ_WEBSOCK_STATE_CLOSED;
         g.info.status = status;
         Some(Deliver::Connect(status))
@@ -869,7 +1123,7 @@ impl Client {
     /// Ends an open (or closing) connection and reports it to on_close.
     fn finish(
         &self,
-        ctx: &mut LoopCtx,
+        cx: &mut Cx<'_>,
         g: &mut Inner,
         initiator: Option<pj_websock_close_initiator>,
         status: pj_status_t,
@@ -882,7 +1136,7 @@ impl Client {
                 t.shutdown(); // close_notify
             }
         }
-        self.release(ctx, link);
+        self.release(cx, link);
         g.state = pj_websock_readystate::PJ_WEBSOCK_STATE_CLOSED;
         if let Some(i) = initiator {
             g.info.initiator = i;
@@ -901,76 +1155,62 @@ impl Client {
         Some(Deliver::Close(code, reason))
     }
 
-    fn on_connected(
-        self: &Arc<Self>,
-        ctx: &mut LoopCtx,
-        g: &mut Inner,
-    ) -> Option<Deliver<'static>> {
+    fn on_connected(self: &Arc<Self>, cx: &mut Cx<'_>, g: &mut Inner) -> Option<Deliver<'static>> {
         let link = g.link.as_mut()?;
         link.addr_deadline = None;
         if let Some(plan) = link.tls_plan.take() {
-            let (Some(tctx), Some((sock, _))) = (link.tls_ctx.take(), link.sock.as_ref()) else {
-                return self.fail_connect(ctx, g, PJ_WEBSOCK_ETLS_CONFIG);
+            let (Some(tctx), Some((sock, _))) = (link.tls_ctx.take(), link.sock.as_mut()) else {
+                return self.fail_connect(cx, g, PJ_WEBSOCK_ETLS_CONFIG);
             };
-            match TlsStream::new(&tctx, sock.fd(), plan.sess, plan.cfg.verify) {
+            match TlsStream::new(&tctx, sock.tls_io(), plan.sess, plan.cfg.verify) {
                 Ok(t) => link.tls = Some(Box::new(t)),
-                Err(e) => return self.fail_connect(ctx, g, e),
+                Err(e) => return self.fail_connect(cx, g, e),
             }
             link.phase = Phase::TlsHandshaking;
             link.tls_deadline = plan.timeout.map(|d| Instant::now() + d);
-            return self.tls_step(ctx, g);
+            return self.tls_step(cx, g);
         }
-        self.start_ws_handshake(ctx, g)
+        self.start_ws_handshake(cx, g)
     }
 
     /// Advances the TLS handshake; when it completes, the WebSocket
     /// handshake starts.
-    fn tls_step(self: &Arc<Self>, ctx: &mut LoopCtx, g: &mut Inner) -> Option<Deliver<'static>> {
-        let lp = ctx.event_loop();
+    fn tls_step(self: &Arc<Self>, cx: &mut Cx<'_>, g: &mut Inner) -> Option<Deliver<'static>> {
         let link = g.link.as_mut()?;
         let tls = link.tls.as_mut()?;
         match tls.handshake() {
             HandshakeStep::Done => {
                 link.tls_deadline = None;
-                self.start_ws_handshake(ctx, g)
+                self.start_ws_handshake(cx, g)
             }
             HandshakeStep::Pending { want_write } => {
-                if let Some((sock, token)) = link.sock.as_ref() {
-                    let _ = lp.modify(
-                        sock.fd(),
-                        *token,
-                        if want_write { EV_IN | EV_OUT } else { EV_IN },
-                    );
-                }
+                link.interest(if want_write { EV_IN | EV_OUT } else { EV_IN });
                 link.out_armed = want_write;
-                self.rearm(lp, link);
+                self.rearm(link);
                 None
             }
             HandshakeStep::Failed(st) => {
                 g.verify_result = tls.verify_result();
-                self.fail_connect(ctx, g, st)
+                self.fail_connect(cx, g, st)
             }
         }
     }
 
     fn start_ws_handshake(
         self: &Arc<Self>,
-        ctx: &mut LoopCtx,
+        cx: &mut Cx<'_>,
         g: &mut Inner,
     ) -> Option<Deliver<'static>> {
-        let lp = ctx.event_loop();
         let link = g.link.as_mut()?;
         link.phase = Phase::Handshaking;
         link.out_armed = false;
         let request = std::mem::take(&mut link.request);
         link.tx.push(&request);
-        if let Some((sock, token)) = link.sock.as_ref() {
-            let _ = lp.modify(sock.fd(), *token, EV_IN);
+        link.interest(EV_IN);
+        if let Err(e) = link.flush() {
+            return self.fail_connect(cx, g, e);
         }
-        if let Err(e) = link.flush(lp) {
-            return self.fail_connect(ctx, g, e);
-        }
-        self.rearm(lp, link);
+        self.rearm(link);
         None
     }
 
@@ -978,11 +1218,10 @@ impl Client {
     /// one callback is due. Returns the bytes consumed.
     fn process<'a>(
         self: &Arc<Self>,
-        ctx: &mut LoopCtx,
+        cx: &mut Cx<'_>,
         g: &mut Inner,
         input: &'a [u8],
     ) -> (usize, Option<Deliver<'a>>) {
-        let lp = ctx.event_loop();
         let max_rx = g.cfg.max_rx;
         let ping = g.cfg.ping_interval;
         let close_timeout = g.cfg.close_timeout;
@@ -1005,7 +1244,7 @@ impl Client {
                         link.conn = Some(Box::new(Conn::new(max_rx)));
                         link.connect_deadline = None;
                         link.next_ping = ping.map(|d| Instant::now() + d);
-                        self.rearm(lp, link);
+                        self.rearm(link);
                         g.state = pj_websock_readystate::PJ_WEBSOCK_STATE_OPEN;
                         g.subprotocol = resp.subprotocol;
                         g.http_status = resp.status;
@@ -1017,7 +1256,7 @@ impl Client {
                             HandshakeError::BadStatus(s) => s,
                             _ => status_of(&g.response_head),
                         };
-                        (input.len(), self.fail_connect(ctx, g, handshake_status(&e)))
+                        (input.len(), self.fail_connect(cx, g, handshake_status(&e)))
                     }
                 }
             }
@@ -1025,10 +1264,11 @@ impl Client {
                 let Some(conn) = link.conn.as_mut() else {
                     return (input.len(), None);
                 };
-                let (used, ev) = conn.feed(input, &mut ctx.scratch, &mut mask);
-                if !ctx.scratch.is_empty() {
-                    link.tx.push(&ctx.scratch);
-                    ctx.scratch.clear();
+                let scratch = cx.bufs().1;
+                let (used, ev) = conn.feed(input, scratch, &mut mask);
+                if !scratch.is_empty() {
+                    link.tx.push(scratch);
+                    scratch.clear();
                     link.reply_pending = true;
                 }
                 let Some(ev) = ev else { return (used, None) };
@@ -1047,7 +1287,7 @@ impl Client {
                         link.next_ping = None;
                         // Now the server closes TCP first; wait for it.
                         link.close_deadline = Some(Instant::now() + close_timeout);
-                        self.rearm(lp, link);
+                        self.rearm(link);
                         (used, None)
                     }
                     Event::ProtocolError { code, .. } => {
@@ -1060,7 +1300,7 @@ impl Client {
                         link.phase = Phase::Closing;
                         link.next_ping = None;
                         link.close_deadline = Some(Instant::now() + close_timeout);
-                        self.rearm(lp, link);
+                        self.rearm(link);
                         (used, None)
                     }
                 }
@@ -1069,8 +1309,7 @@ impl Client {
         }
     }
 
-    fn handle_io(self: &Arc<Self>, ctx: &mut LoopCtx, token: Token, events: u32) {
-        let lp = ctx.event_loop();
+    fn handle_io(self: &Arc<Self>, cx: &mut Cx<'_>, token: Token, events: u32) {
         let mut g = lock(&self.inner);
         let Some(link) = g.link.as_mut() else { return };
         if link.sock.as_ref().map(|s| s.1) != Some(token) {
@@ -1080,25 +1319,28 @@ impl Client {
             if events & (EV_OUT | libc::EPOLLERR as u32 | libc::EPOLLHUP as u32) == 0 {
                 return;
             }
-            let err = link.sock.as_ref().map_or(libc::EIO, |s| s.0.take_error());
-            let d = if err == 0 {
-                self.on_connected(ctx, &mut g)
+            let st = link.sock.as_ref().map_or(PJ_EBUG, |s| s.0.connect_result());
+            if st == PJ_EPENDING {
+                return; // pjlib mode: the connect has not completed
+            }
+            let d = if st == PJ_SUCCESS {
+                self.on_connected(cx, &mut g)
             } else {
-                link.last_err = from_os(err);
-                self.try_next_addr(ctx, &mut g)
+                link.last_err = st;
+                self.try_next_addr(cx, &mut g)
             };
             drop(g);
             self.deliver_all(d);
             return;
         }
         if link.phase == Phase::TlsHandshaking {
-            let d = self.tls_step(ctx, &mut g);
+            let d = self.tls_step(cx, &mut g);
             drop(g);
             self.deliver_all(d);
             return;
         }
         if let Some(e) = link.write_err {
-            let d = self.transport_failed(ctx, &mut g, e);
+            let d = self.transport_failed(cx, &mut g, e);
             drop(g);
             self.deliver_all(d);
             return;
@@ -1109,8 +1351,8 @@ impl Client {
             if let Some(t) = link.tls.as_mut() {
                 retry_read = std::mem::take(&mut t.want_write);
             }
-            if let Err(e) = link.flush(lp) {
-                let d = self.transport_failed(ctx, &mut g, e);
+            if let Err(e) = link.flush() {
+                let d = self.transport_failed(cx, &mut g, e);
                 drop(g);
                 self.deliver_all(d);
                 return;
@@ -1120,12 +1362,11 @@ impl Client {
             return;
         }
         drop(g);
-        self.read_loop(ctx, token);
+        self.read_loop(cx, token);
     }
 
-    fn read_loop(self: &Arc<Self>, ctx: &mut LoopCtx, token: Token) {
-        let lp = ctx.event_loop();
-        let mut buf = std::mem::take(&mut ctx.rx_buf);
+    fn read_loop(self: &Arc<Self>, cx: &mut Cx<'_>, token: Token) {
+        let mut buf = std::mem::take(cx.bufs().0);
         if buf.is_empty() {
             buf = vec![0; evloop::RX_BUF_SIZE];
         }
@@ -1142,19 +1383,19 @@ impl Client {
             let n = match link.io_read(&mut buf) {
                 Io::Done(n) => n,
                 Io::WouldBlock => {
-                    let d = self.flush_after_read(ctx, &mut g);
+                    let d = self.flush_after_read(cx, &mut g);
                     drop(g);
                     self.deliver_all(d);
                     break;
                 }
                 Io::Eof => {
-                    let d = self.peer_eof(ctx, &mut g);
+                    let d = self.peer_eof(cx, &mut g);
                     drop(g);
                     self.deliver_all(d);
                     break;
                 }
                 Io::Failed(e) => {
-                    let d = self.transport_failed(ctx, &mut g, e);
+                    let d = self.transport_failed(cx, &mut g, e);
                     drop(g);
                     self.deliver_all(d);
                     break;
@@ -1163,11 +1404,11 @@ impl Client {
             link.last_rx = mono_ns();
             let mut pos = 0;
             while pos < n {
-                let (used, d) = self.process(ctx, &mut g, &buf[pos..n]);
+                let (used, d) = self.process(cx, &mut g, &buf[pos..n]);
                 pos += used;
                 if let Some(d) = d {
                     // Replies (pong, close echo) go out before the callback.
-                    let failed = self.flush_replies(ctx, &mut g);
+                    let failed = self.flush_replies(cx, &mut g);
                     drop(g);
                     let ended = failed.is_some()
                         || matches!(d, Deliver::Close(..))
@@ -1188,7 +1429,7 @@ impl Client {
                     break;
                 }
             }
-            let d = self.flush_after_read(ctx, &mut g);
+            let d = self.flush_after_read(cx, &mut g);
             if d.is_some() {
                 drop(g);
                 self.deliver_all(d);
@@ -1200,43 +1441,41 @@ impl Client {
                 break;
             }
         }
-        let _ = lp;
-        ctx.rx_buf = buf;
+        *cx.bufs().0 = buf;
     }
 
     /// Writes what the protocol engine queued (pong, close echo) if
     /// anything; a failed write ends the connection.
-    fn flush_replies(&self, ctx: &mut LoopCtx, g: &mut Inner) -> Option<Deliver<'static>> {
+    fn flush_replies(&self, cx: &mut Cx<'_>, g: &mut Inner) -> Option<Deliver<'static>> {
         let link = g.link.as_mut()?;
         if !std::mem::take(&mut link.reply_pending) {
             return None;
         }
-        self.flush_locked(ctx, g)
+        self.flush_locked(cx, g)
     }
 
     /// After a read batch: replies, and sends coalesced by the application
     /// that are waiting for their flush deadline, leave in one write.
-    fn flush_after_read(&self, ctx: &mut LoopCtx, g: &mut Inner) -> Option<Deliver<'static>> {
+    fn flush_after_read(&self, cx: &mut Cx<'_>, g: &mut Inner) -> Option<Deliver<'static>> {
         let link = g.link.as_mut()?;
         let waiting = link.flush_deadline.is_some() && !link.out_armed;
         if !std::mem::take(&mut link.reply_pending) && !waiting {
             return None;
         }
-        self.flush_locked(ctx, g)
+        self.flush_locked(cx, g)
     }
 
     /// Flushes the send queue; a failed write ends the connection.
-    fn flush_locked(&self, ctx: &mut LoopCtx, g: &mut Inner) -> Option<Deliver<'static>> {
-        let lp = ctx.event_loop();
+    fn flush_locked(&self, cx: &mut Cx<'_>, g: &mut Inner) -> Option<Deliver<'static>> {
         let link = g.link.as_mut()?;
-        match link.flush(lp) {
+        match link.flush() {
             Ok(()) => None,
-            Err(e) => self.transport_failed(ctx, g, e),
+            Err(e) => self.transport_failed(cx, g, e),
         }
     }
 
     /// The peer closed TCP: a transport failure whose status says so.
-    fn peer_eof(&self, ctx: &mut LoopCtx, g: &mut Inner) -> Option<Deliver<'static>> {
+    fn peer_eof(&self, cx: &mut Cx<'_>, g: &mut Inner) -> Option<Deliver<'static>> {
         let connecting = matches!(
             g.link.as_ref()?.phase,
             Phase::Resolving | Phase::Connecting | Phase::TlsHandshaking | Phase::Handshaking
@@ -1246,22 +1485,22 @@ impl Client {
         } else {
             PJ_EEOF
         };
-        self.transport_failed(ctx, g, status)
+        self.transport_failed(cx, g, status)
     }
 
     fn transport_failed(
         &self,
-        ctx: &mut LoopCtx,
+        cx: &mut Cx<'_>,
         g: &mut Inner,
         status: pj_status_t,
     ) -> Option<Deliver<'static>> {
         let link = g.link.as_ref()?;
         match link.phase {
             Phase::Resolving | Phase::Connecting | Phase::TlsHandshaking | Phase::Handshaking => {
-                self.fail_connect(ctx, g, status)
+                self.fail_connect(cx, g, status)
             }
             Phase::Open => self.finish(
-                ctx,
+                cx,
                 g,
                 Some(pj_websock_close_initiator::PJ_WEBSOCK_CLOSE_TRANSPORT),
                 status,
@@ -1273,13 +1512,12 @@ impl Client {
                 } else {
                     status
                 };
-                self.finish(ctx, g, None, st)
+                self.finish(cx, g, None, st)
             }
         }
     }
 
-    fn handle_timer(self: &Arc<Self>, ctx: &mut LoopCtx) {
-        let lp = ctx.event_loop();
+    fn handle_timer(self: &Arc<Self>, cx: &mut Cx<'_>) {
         let mut g = lock(&self.inner);
         let ping = g.cfg.ping_interval;
         let Some(link) = g.link.as_mut() else { return };
@@ -1289,8 +1527,8 @@ impl Client {
         if due(link.flush_deadline) {
             link.flush_deadline = None;
             if !link.out_armed && link.write_err.is_none() {
-                if let Err(e) = link.flush(lp) {
-                    let d = self.transport_failed(ctx, &mut g, e);
+                if let Err(e) = link.flush() {
+                    let d = self.transport_failed(cx, &mut g, e);
                     drop(g);
                     self.deliver_all(d);
                     return;
@@ -1300,24 +1538,24 @@ impl Client {
         let Some(link) = g.link.as_mut() else { return };
         let d = if due(link.connect_deadline) && !matches!(link.phase, Phase::Open | Phase::Closing)
         {
-            self.fail_connect(ctx, &mut g, PJ_WEBSOCK_ECONNECTTIMEOUT)
+            self.fail_connect(cx, &mut g, PJ_WEBSOCK_ECONNECTTIMEOUT)
         } else if due(link.tls_deadline) && link.phase == Phase::TlsHandshaking {
-            self.fail_connect(ctx, &mut g, PJ_WEBSOCK_ETLS_TIMEOUT)
+            self.fail_connect(cx, &mut g, PJ_WEBSOCK_ETLS_TIMEOUT)
         } else if due(link.addr_deadline) && link.phase == Phase::Connecting {
             link.addr_deadline = None;
             link.last_err = PJ_ETIMEDOUT;
-            self.try_next_addr(ctx, &mut g)
+            self.try_next_addr(cx, &mut g)
         } else if due(link.close_deadline) && link.phase == Phase::Closing {
             if link.close_received.is_some() {
-                self.finish(ctx, &mut g, None, PJ_SUCCESS)
+                self.finish(cx, &mut g, None, PJ_SUCCESS)
             } else if g.info.initiator == pj_websock_close_initiator::PJ_WEBSOCK_CLOSE_PROTOCOL {
                 // We failed the connection; the peer's silence changes nothing.
                 let st = g.info.status;
-                self.finish(ctx, &mut g, None, st)
+                self.finish(cx, &mut g, None, st)
             } else {
                 g.info.status = PJ_WEBSOCK_ECLOSETIMEOUT;
                 self.finish(
-                    ctx,
+                    cx,
                     &mut g,
                     Some(pj_websock_close_initiator::PJ_WEBSOCK_CLOSE_TIMEOUT),
                     PJ_WEBSOCK_ECLOSETIMEOUT,
@@ -1327,7 +1565,7 @@ impl Client {
             if link.ping_sent_at.is_some_and(|t| link.last_rx < t) {
                 g.info.status = PJ_WEBSOCK_EPINGTIMEOUT;
                 self.finish(
-                    ctx,
+                    cx,
                     &mut g,
                     Some(pj_websock_close_initiator::PJ_WEBSOCK_CLOSE_TIMEOUT),
                     PJ_WEBSOCK_EPINGTIMEOUT,
@@ -1349,13 +1587,13 @@ impl Client {
                 }
                 link.ping_sent_at = Some(mono_ns());
                 link.next_ping = ping.map(|d| now + d);
-                self.flush_locked(ctx, &mut g)
+                self.flush_locked(cx, &mut g)
             }
         } else {
             None
         };
         if let Some(link) = g.link.as_mut() {
-            self.rearm(lp, link);
+            self.rearm(link);
         }
         drop(g);
         self.deliver_all(d);
@@ -1378,8 +1616,14 @@ impl Client {
                 return None;
             }
             gate.running = true;
+            gate.thread = this_thread();
         }
         crate::pjlib::register_thread();
+        // pjlib mode: callbacks run without the group lock (as upstream's
+        // do), so they may block on the application's own locks.
+        if let Some(pj) = self.pj.as_ref() {
+            pj.drv.unlock();
+        }
         let ws = self as *const Client as *mut pj_websock;
         let mut back = None;
         // SAFETY: the callbacks are the application's, called with a live
@@ -1416,29 +1660,160 @@ impl Client {
                 }
             }
         }
-        let mut gate = lock(&self.gate);
-        gate.running = false;
-        if gate.destroyed {
-            self.gate_cv.notify_all();
+        {
+            let mut gate = lock(&self.gate);
+            gate.running = false;
+            if gate.destroyed {
+                self.gate_cv.notify_all();
+            }
+        }
+        if let Some(pj) = self.pj.as_ref() {
+            pj.drv.lock();
         }
         back
+    }
+
+    // ----- pjlib mode: events from the application's polling threads ---
+
+    /// Runs a pjlib event, and whatever else is queued for the instance,
+    /// unless another thread is doing so already (it will pick this one
+    /// up). Holds the group lock, except around callbacks.
+    fn pj_run(self: &Arc<Self>, ev: PjEvent) {
+        let Some(pj) = self.pj.as_ref() else { return };
+        {
+            let mut x = lock(&pj.exec);
+            if x.closed {
+                return;
+            }
+            x.events.push(ev);
+            if x.busy {
+                return;
+            }
+            x.busy = true;
+        }
+        // Our own reference: destroy from a callback may drop the last
+        // other one while this runs.
+        pj.drv.add_ref();
+        pj.drv.lock();
+        let mut bufs = PJ_BUFS.with(|b| b.take()).unwrap_or_default();
+        let mut more = false;
+        let mut rounds = 0;
+        loop {
+            let (events, cmds) = {
+                let mut x = lock(&pj.exec);
+                (std::mem::take(&mut x.events), std::mem::take(&mut x.cmds))
+            };
+            let mut cx = Cx::Pj(&mut bufs);
+            if events.is_empty() && cmds.is_empty() {
+                // Readiness of the connection's socket, level-triggered
+                // as epoll reports it; a busy connection yields after a
+                // while (a kick continues it) so others get their turn.
+                let ready = self.pj_ready();
+                if let Some((token, ev)) = ready {
+                    rounds += 1;
+                    if rounds > 16 {
+                        more = true;
+                    } else {
+                        self.handle_io(&mut cx, token, ev);
+                        continue;
+                    }
+                }
+                let mut x = lock(&pj.exec);
+                if x.events.is_empty() && x.cmds.is_empty() {
+                    x.busy = false;
+                    break;
+                }
+                continue;
+            }
+            for c in cmds {
+                let _ = std::panic::catch_unwind(AssertUnwindSafe(|| c(self, &mut cx)));
+            }
+            for ev in events {
+                let r = std::panic::catch_unwind(AssertUnwindSafe(|| self.pj_apply(&mut cx, ev)));
+                if r.is_err() {
+                    let mut g = lock(&self.inner);
+                    let d = self.transport_failed(&mut cx, &mut g, PJ_EBUG);
+                    drop(g);
+                    self.deliver_all(d);
+                }
+            }
+        }
+        PJ_BUFS.with(|b| b.set(Some(bufs)));
+        pj.drv.unlock();
+        if more && !lock(&pj.exec).closed {
+            pj.drv.kick();
+        }
+        pj.drv.unref();
+    }
+
+    /// Applies one pjlib event: completions update the socket (their
+    /// readiness is taken up by `pj_ready`), timers run.
+    fn pj_apply(self: &Arc<Self>, cx: &mut Cx<'_>, ev: PjEvent) {
+        match ev {
+            PjEvent::Timer => self.handle_timer(cx),
+            PjEvent::Kick => {}
+            PjEvent::Read(key, _) | PjEvent::Wrote(key, _) | PjEvent::Connected(key, _) => {
+                let mut g = lock(&self.inner);
+                if let Some(Some((Sock::Pj(ps), _))) = g.link.as_mut().map(|l| l.sock.as_mut()) {
+                    if ps.key() == key {
+                        ps.complete(ev);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The readiness events the connection's socket would report now.
+    fn pj_ready(&self) -> Option<(Token, u32)> {
+        let mut g = lock(&self.inner);
+        let link = g.link.as_mut()?;
+        let failed = link.write_err.is_some();
+        let (Sock::Pj(ps), token) = link.sock.as_mut()? else {
+            return None;
+        };
+        let (r, w) = ps.poll();
+        let ev = if r { EV_IN } else { 0 } | if w || failed { EV_OUT } else { 0 };
+        (ev != 0).then_some((*token, ev))
     }
 }
 
 impl Handler for Client {
     fn on_io(self: Arc<Self>, ctx: &mut LoopCtx, token: Token, events: u32) {
-        self.handle_io(ctx, token, events);
+        self.handle_io(&mut Cx::Own(ctx), token, events);
     }
 
     fn on_timer(self: Arc<Self>, ctx: &mut LoopCtx) {
-        self.handle_timer(ctx);
+        self.handle_timer(&mut Cx::Own(ctx));
     }
 
     fn on_panic(self: Arc<Self>, ctx: &mut LoopCtx) {
         let mut g = lock(&self.inner);
-        let d = self.transport_failed(ctx, &mut g, PJ_EBUG);
+        let d = self.transport_failed(&mut Cx::Own(ctx), &mut g, PJ_EBUG);
         drop(g);
         self.deliver_all(d);
+    }
+}
+
+impl pjdrv::Owner for Client {
+    unsafe fn pj_event(ptr: *const c_void, ev: PjEvent) {
+        // Borrow the record's strong reference without consuming it.
+        let me = std::mem::ManuallyDrop::new(Arc::from_raw(ptr as *const Client));
+        let me: Arc<Client> = Arc::clone(&me);
+        me.pj_run(ev);
+    }
+
+    unsafe fn pj_release(ptr: *const c_void) {
+        let me = Arc::from_raw(ptr as *const Client);
+        // Queued work holds references to the instance: drop it first.
+        if let Some(pj) = me.pj.as_ref() {
+            let cmds = {
+                let mut x = lock(&pj.exec);
+                x.closed = true;
+                std::mem::take(&mut x.cmds)
+            };
+            drop(cmds);
+        }
+        drop(me);
     }
 }
 

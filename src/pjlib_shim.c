@@ -40,3 +40,55 @@ int pjws_pj_log(int level, const char *msg)
     f("websock.rs", "%s", msg);
     return 1;
 }
+
+/*
+ * The functions the pjlib event-loop driver calls (src/pjdrv.rs). Declared
+ * here only as symbols: their prototypes live in the Rust code, which
+ * calls them through the pointers pjws_pj_sym() returns (NULL when pjlib
+ * is absent). Where pjlib's build options choose between a plain and a
+ * `_dbg` name (PJ_TIMER_DEBUG, PJ_GRP_LOCK_DEBUG), both are referenced.
+ */
+#define PJWS_SYMS(X) \
+    X(pj_ioqueue_register_sock2) \
+    X(pj_ioqueue_unregister) \
+    X(pj_ioqueue_op_key_init) \
+    X(pj_ioqueue_recv) \
+    X(pj_ioqueue_send) \
+    X(pj_ioqueue_connect) \
+    X(pj_timer_entry_init) \
+    X(pj_timer_heap_schedule_w_grp_lock_dbg) \
+    X(pj_timer_heap_schedule_w_grp_lock) \
+    X(pj_timer_heap_cancel_if_active) \
+    X(pj_grp_lock_create) \
+    X(pj_grp_lock_add_ref) \
+    X(pj_grp_lock_add_ref_dbg) \
+    X(pj_grp_lock_dec_ref) \
+    X(pj_grp_lock_dec_ref_dbg) \
+    X(pj_grp_lock_add_handler) \
+    X(pj_grp_lock_acquire) \
+    X(pj_grp_lock_release) \
+    X(pj_pool_create) \
+    X(pj_pool_release) \
+    X(pj_pool_calloc) \
+    X(pj_ioqueue_get_user_data)
+
+#define PJWS_DECL(name) extern void name(void) __attribute__((weak));
+PJWS_SYMS(PJWS_DECL)
+
+#define PJWS_ADDR(name) (void *)name,
+static void *const pjws_syms[] = { PJWS_SYMS(PJWS_ADDR) };
+
+#define PJWS_NAME(name) #name,
+static const char *const pjws_sym_names[] = { PJWS_SYMS(PJWS_NAME) };
+
+/* Address of the i-th symbol above (NULL if absent or out of range) and
+ * its name (for a dlsym fallback). */
+void *pjws_pj_sym(unsigned i)
+{
+    return i < sizeof(pjws_syms) / sizeof(pjws_syms[0]) ? pjws_syms[i] : 0;
+}
+
+const char *pjws_pj_sym_name(unsigned i)
+{
+    return i < sizeof(pjws_sym_names) / sizeof(pjws_sym_names[0]) ? pjws_sym_names[i] : 0;
+}

@@ -42,6 +42,12 @@ pub trait Handler: Send + Sync {
 pub struct Token(u64);
 
 impl Token {
+    /// A token for a registration elsewhere (a pjlib ioqueue key), never
+    /// seen by this loop.
+    pub fn foreign(v: usize) -> Token {
+        Token(v as u64)
+    }
+
     fn new(idx: u32, gen: u32) -> Token {
         Token(idx as u64 | ((gen as u64) << 32))
     }

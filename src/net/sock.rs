@@ -17,7 +17,7 @@ fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
-fn sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+pub fn sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     // SAFETY: sockaddr_storage is plain old data; all-zero is valid.
     let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let len = match addr {
@@ -85,6 +85,25 @@ impl Socket {
     /// Creates a socket and starts a non-blocking connect. Ok(true) when
     /// already connected, Ok(false) when in progress.
     pub fn connect(addr: &SocketAddr) -> io::Result<(Socket, bool)> {
+        let s = Socket::for_addr(addr)?;
+        let fd = s.fd;
+        let (ss, len) = sockaddr(addr);
+        // SAFETY: ss holds a valid address of length len.
+        let r = unsafe { libc::connect(fd, &ss as *const _ as *const libc::sockaddr, len) };
+        if r == 0 {
+            return Ok((s, true));
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EINPROGRESS) {
+            Ok((s, false))
+        } else {
+            Err(e)
+        }
+    }
+
+    /// A non-blocking TCP socket (TCP_NODELAY on) of `addr`'s family, not
+    /// connected yet.
+    pub fn for_addr(addr: &SocketAddr) -> io::Result<Socket> {
         let family = if addr.is_ipv4() {
             libc::AF_INET
         } else {
@@ -100,18 +119,14 @@ impl Socket {
         })?;
         let s = Socket { fd };
         s.set_nodelay();
-        let (ss, len) = sockaddr(addr);
-        // SAFETY: ss holds a valid address of length len.
-        let r = unsafe { libc::connect(fd, &ss as *const _ as *const libc::sockaddr, len) };
-        if r == 0 {
-            return Ok((s, true));
-        }
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::EINPROGRESS) {
-            Ok((s, false))
-        } else {
-            Err(e)
-        }
+        Ok(s)
+    }
+
+    /// Gives up ownership: the caller closes the fd.
+    pub fn into_raw(self) -> RawFd {
+        let fd = self.fd;
+        std::mem::forget(self);
+        fd
     }
 
     pub fn fd(&self) -> RawFd {

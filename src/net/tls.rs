@@ -179,18 +179,28 @@ pub fn context(cfg: &TlsConfig) -> Result<SslContext, pj_status_t> {
     Ok(ctx)
 }
 
-/// The socket as OpenSSL's BIO sees it (non-owning).
-pub struct FdIo(RawFd);
+/// The transport as OpenSSL's BIO sees it (non-owning): the socket of the
+/// own event loop, or a socket registered with a pjlib ioqueue.
+pub enum SockIo {
+    Fd(RawFd),
+    Pj(crate::net::pjdrv::PjIo),
+}
 
-impl Read for FdIo {
+impl Read for SockIo {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        crate::net::sock::recv(self.0, buf)
+        match self {
+            SockIo::Fd(fd) => crate::net::sock::recv(*fd, buf),
+            SockIo::Pj(p) => p.read(buf),
+        }
     }
 }
 
-impl Write for FdIo {
+impl Write for SockIo {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        crate::net::sock::send(self.0, buf)
+        match self {
+            SockIo::Fd(fd) => crate::net::sock::send(*fd, buf),
+            SockIo::Pj(p) => p.write(buf),
+        }
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -210,7 +220,7 @@ pub enum HandshakeStep {
 
 /// One TLS connection.
 pub struct TlsStream {
-    stream: SslStream<FdIo>,
+    stream: SslStream<SockIo>,
     pins: Vec<[u8; 32]>,
     /// OpenSSL asked to write before it can go on reading (or vice versa).
     pub want_write: bool,
@@ -220,7 +230,7 @@ pub struct TlsStream {
 impl TlsStream {
     pub fn new(
         ctx: &SslContext,
-        fd: RawFd,
+        io: SockIo,
         sess: TlsSession,
         verify: bool,
     ) -> Result<TlsStream, pj_status_t> {
@@ -238,7 +248,7 @@ impl TlsStream {
                 None => p.set_host(&sess.name).map_err(err)?,
             }
         }
-        let stream = SslStream::new(ssl, FdIo(fd)).map_err(err)?;
+        let stream = SslStream::new(ssl, io).map_err(err)?;
         Ok(TlsStream {
             stream,
             pins: sess.pins,
