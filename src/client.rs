@@ -602,9 +602,9 @@ impl Client {
     /// Runs `f` on the thread that drives the instance: the own loop, or
     /// (pjlib mode) a polling thread, through the timer heap.
     fn post(self: &Arc<Self>, f: impl FnOnce(&Arc<Client>, &mut Cx<'_>) + Send + 'static) {
-        let me = self.clone();
         match self.pj.as_ref() {
             None => {
+                let me = self.clone();
                 if let Ok(lp) = evloop::get() {
                     lp.post(move |ctx| f(&me, &mut Cx::Own(ctx)));
                 }
@@ -1706,12 +1706,12 @@ impl Client {
             let mut cx = Cx::Pj(&mut bufs);
             if events.is_empty() && cmds.is_empty() {
                 // Readiness of the connection's socket, level-triggered
-                // as epoll reports it; a busy connection yields after a
-                // while (a kick continues it) so others get their turn.
+                // as epoll reports it, until the socket has nothing more
+                // (a runaway connection yields; a kick continues it).
                 let ready = self.pj_ready();
                 if let Some((token, ev)) = ready {
                     rounds += 1;
-                    if rounds > 16 {
+                    if rounds > 4096 {
                         more = true;
                     } else {
                         self.handle_io(&mut cx, token, ev);

@@ -23,6 +23,7 @@
 use std::ffi::{c_char, c_int, c_long, c_void, CStr};
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 use std::time::Instant;
 
@@ -209,6 +210,9 @@ struct Rec {
     /// group lock's destroy handler.
     owner: *const c_void,
     pool: P,
+    /// The kick entry is scheduled (pjlib logs a warning for every attempt
+    /// to schedule an entry twice).
+    kick_armed: AtomicBool,
 }
 
 /// What pjlib reported, turned into an event for the client.
@@ -295,6 +299,7 @@ unsafe extern "C" fn on_timer(_th: P, entry: P) {
 
 unsafe extern "C" fn on_kick(_th: P, entry: P) {
     let rec = (entry as *mut u8).sub(std::mem::offset_of!(Rec, kick)) as *mut Rec;
+    (*rec).kick_armed.store(false, Ordering::Release);
     deliver(rec, PjEvent::Kick);
 }
 
@@ -397,7 +402,9 @@ impl PjDrv {
         // SAFETY: the reference taken by attach.
         unsafe {
             let a = self.api;
-            (a.cancel_if_active)(self.th, (*self.rec).kick.as_mut_ptr() as P, 1);
+            if (a.cancel_if_active)(self.th, (*self.rec).kick.as_mut_ptr() as P, 1) > 0 {
+                (*self.rec).kick_armed.store(false, Ordering::Release);
+            }
             a.dec_ref(self.grp);
         }
     }
@@ -451,9 +458,15 @@ impl PjDrv {
         let tv = TimeVal { sec: 0, msec: 0 };
         // SAFETY: as set_timer, for the kick entry.
         unsafe {
+            if (*self.rec).kick_armed.swap(true, Ordering::AcqRel) {
+                return true;
+            }
             let e = (*self.rec).kick.as_mut_ptr() as P;
             let st = self.api.schedule(self.th, e, &tv, self.grp);
-            st == PJ_SUCCESS || st == PJ_EINVALIDOP // already scheduled
+            if st != PJ_SUCCESS {
+                (*self.rec).kick_armed.store(false, Ordering::Release);
+            }
+            st == PJ_SUCCESS
         }
     }
 
@@ -487,6 +500,7 @@ impl PjDrv {
             key,
             connected: false,
             connect_status: None,
+            connect_seen: false,
             inbox: Vec::new(),
             in_pos: 0,
             in_len: 0,
@@ -530,6 +544,8 @@ pub struct PjSock {
     key: P,
     connected: bool,
     connect_status: Option<pj_status_t>,
+    /// The core was told about the connect's outcome.
+    connect_seen: bool,
     /// Received bytes not yet read by the core: inbox[in_pos..in_len].
     inbox: Vec<u8>,
     in_pos: usize,
@@ -582,9 +598,14 @@ impl PjSock {
         match ev {
             PjEvent::Read(_, n) => {
                 self.recv_pending = false;
+                let transient = [libc::EAGAIN, libc::EWOULDBLOCK, libc::EINTR].map(from_os);
                 if n > 0 {
                     self.in_pos = 0;
                     self.in_len = n as usize;
+                } else if n < 0 && transient.contains(&(-n as pj_status_t)) {
+                    // Another polling thread took the data the readiness
+                    // was about (pjlib reports that as a failed read):
+                    // the next poll posts a new receive.
                 } else {
                     self.rx_end = Some(if n == 0 {
                         PJ_SUCCESS
@@ -605,6 +626,7 @@ impl PjSock {
                 }
             }
             PjEvent::Connected(_, st) => {
+                self.connect_seen = false;
                 self.connect_status = Some(st);
                 self.connected = st == PJ_SUCCESS;
             }
@@ -616,6 +638,10 @@ impl PjSock {
     /// receive when none is pending so that data and end of stream are
     /// noticed. Returns (readable, writable).
     pub fn poll(&mut self) -> (bool, bool) {
+        if !std::mem::replace(&mut self.connect_seen, true) {
+            // The connect's outcome reads as writability, once.
+            return (false, self.connect_status.is_some());
+        }
         if !self.connected {
             return (false, false);
         }
