@@ -535,6 +535,8 @@ const RX_MIN: usize = 2 * 1024;
 const RX_MAX: usize = 64 * 1024;
 /// Bytes the outbox takes before writes report would-block.
 const OUT_CAP: usize = 256 * 1024;
+/// Largest single pj_ioqueue_send.
+const SEND_CHUNK: usize = 4 * 1024;
 
 /// A socket registered with the application's ioqueue, seen by the core
 /// as a non-blocking socket.
@@ -569,6 +571,14 @@ pub struct PjSock {
 // and the instance record.
 unsafe impl Send for PjSock {}
 
+/// pjlib reports a read or write that readiness promised but another
+/// polling thread's I/O took away as a failed operation with EAGAIN.
+fn transient(st: pj_status_t) -> bool {
+    [libc::EAGAIN, libc::EWOULDBLOCK, libc::EINTR]
+        .map(from_os)
+        .contains(&st)
+}
+
 fn would_block() -> io::Error {
     io::Error::from(io::ErrorKind::WouldBlock)
 }
@@ -598,11 +608,10 @@ impl PjSock {
         match ev {
             PjEvent::Read(_, n) => {
                 self.recv_pending = false;
-                let transient = [libc::EAGAIN, libc::EWOULDBLOCK, libc::EINTR].map(from_os);
                 if n > 0 {
                     self.in_pos = 0;
                     self.in_len = n as usize;
-                } else if n < 0 && transient.contains(&(-n as pj_status_t)) {
+                } else if n < 0 && transient(-n as pj_status_t) {
                     // Another polling thread took the data the readiness
                     // was about (pjlib reports that as a failed read):
                     // the next poll posts a new receive.
@@ -616,14 +625,15 @@ impl PjSock {
             }
             PjEvent::Wrote(_, n) => {
                 self.send_pending = false;
-                if n < 0 {
+                if n >= 0 {
+                    self.out_off += n as usize;
+                } else if !transient(-n as pj_status_t) {
                     self.tx_err = Some(-n as pj_status_t);
-                } else {
-                    self.out.clear();
-                    self.out_off = 0;
-                    std::mem::swap(&mut self.out, &mut self.stage);
-                    self.pump();
                 }
+                // A transient failure sent nothing (each send is at most
+                // one SEND_CHUNK, which a writable socket takes whole):
+                // send it again.
+                self.pump();
             }
             PjEvent::Connected(_, st) => {
                 self.connect_seen = false;
@@ -759,8 +769,19 @@ impl PjSock {
     /// Hands the outbox to pj_ioqueue_send until it is all sent or a send
     /// is pending.
     fn pump(&mut self) {
-        while !self.send_pending && self.tx_err.is_none() && self.out_off < self.out.len() {
-            let mut len = (self.out.len() - self.out_off) as pj_ssize_t;
+        loop {
+            if !self.send_pending && self.out_off == self.out.len() && !self.stage.is_empty() {
+                self.out.clear();
+                self.out_off = 0;
+                std::mem::swap(&mut self.out, &mut self.stage);
+            }
+            if self.send_pending || self.tx_err.is_some() || self.out_off >= self.out.len() {
+                break;
+            }
+            // A pending send that pjlib's dispatch finds unwritable fails
+            // with EAGAIN and forgets what it had written: keep each one
+            // small enough for a writable socket to take whole.
+            let mut len = (self.out.len() - self.out_off).min(SEND_CHUNK) as pj_ssize_t;
             // SAFETY: out is not modified while the send is pending
             // (send_pending: new bytes go to stage).
             let st = unsafe {
