@@ -36,7 +36,7 @@ CTESTS   := $(patsubst c-tests/%.c,$(BUILD)/c-tests/%,$(CTEST_SRC))
 EXAMPLE_SRC := $(wildcard examples-c/*.c)
 EXAMPLES := $(patsubst examples-c/%.c,$(BUILD)/examples/%,$(EXAMPLE_SRC))
 
-.PHONY: all lib demo test test-rust test-c test-valgrind test-tls test-conformance test-fuzz-replay \
+.PHONY: all lib demo test test-rust test-c test-valgrind test-tls test-conformance test-fuzz-replay test-pjlib \
         fuzz bench bench-smoke check-header header \
         c-tests examples deps venv install uninstall clean check-symbols
 
@@ -128,6 +128,7 @@ test: deps
 	@bash tests/stage.sh "c tests under valgrind" $(MAKE) --no-print-directory test-valgrind
 	@bash tests/stage.sh "tls tests" $(MAKE) --no-print-directory test-tls
 	@bash tests/stage.sh "conformance" $(MAKE) --no-print-directory test-conformance
+	@bash tests/stage.sh "pjlib driver" $(MAKE) --no-print-directory test-pjlib
 	@bash tests/stage.sh "fuzz corpus replay" $(MAKE) --no-print-directory test-fuzz-replay
 	@bash tests/stage.sh "bench smoke" $(MAKE) --no-print-directory bench-smoke
 	@bash tests/summary.sh
@@ -149,6 +150,11 @@ test-tls: venv c-tests
 test-conformance: venv c-tests
 	$(VENV)/bin/python tests/conformance/run.py --bin $(BUILD)/c-tests/test_conformance
 	$(VENV)/bin/python tests/conformance/run.py --bin $(BUILD)/c-tests/test_conformance --valgrind
+
+# pjlib mode against a pjproject build (PJPROJECT_DIR=...); skipped, and
+# says so, when there is none.
+test-pjlib: venv lib
+	bash tests/pjlib/run.sh
 
 # The committed fuzz corpus through the fuzz targets, on stable Rust.
 test-fuzz-replay:

@@ -69,6 +69,26 @@ static void check_failed_connect(t_case *tc, tctx *c, pj_status_t got)
     }
 }
 
+/* A program without pjlib that passes an ioqueue: the callbacks could not
+ * run on its polling threads, so create refuses rather than moving them. */
+static void case_ioqueue_without_pjlib(t_case *tc, void *arg)
+{
+    (void)arg;
+    static char fake_ioq[64], fake_th[64], fake_pool[256];
+    pj_websock_param p;
+    pj_websock_param_default(&p);
+    p.ioqueue = (pj_ioqueue_t *)fake_ioq;
+    p.timer_heap = (pj_timer_heap_t *)fake_th;
+    pj_websock *ws = (pj_websock *)0x1;
+    pj_status_t rc = pj_websock_create((pj_pool_t *)fake_pool, &p, &ws);
+    T_CHECK(tc, rc == PJ_ENOTSUP, "create with an ioqueue, no pjlib: %s", st(rc));
+    T_CHECK(tc, ws == (pj_websock *)0x1, "*p_ws written on failure");
+    p.timer_heap = NULL;
+    rc = pj_websock_create((pj_pool_t *)fake_pool, &p, &ws);
+    T_CHECK(tc, rc == PJ_EINVAL, "ioqueue without timer_heap: %s", st(rc));
+    T_CHECK(tc, pj_websock_get_live_count() == 0, "an instance leaked: %u", (unsigned)pj_websock_get_live_count());
+}
+
 static void case_refused(t_case *tc, void *arg)
 {
     (void)arg;
@@ -310,6 +330,7 @@ int main(void)
     static const timeout_case bh_timed = {1, 1}, bh_untimed = {0, 1}, slow_timed = {1, 0}, slow_untimed = {0, 0};
     static const cancel_case cancel_bh = {"TCP connect pending", 1}, cancel_hs = {"handshake pending", 0};
 
+    t_run("ioqueue given, pjlib absent -> PJ_ENOTSUP; no timer_heap -> PJ_EINVAL", case_ioqueue_without_pjlib, NULL);
     t_run("connection refused -> on_connect(PJ_STATUS_FROM_OS(ECONNREFUSED))", case_refused, NULL);
     t_run("unresolvable host -> on_connect(PJ_ERESOLVE), connect does not block", case_unresolvable, NULL);
     t_run("black-holed address, connect timeout 1 s (timing)", case_connect_timeout, (void *)&bh_timed);
