@@ -565,12 +565,23 @@ void pj_websock_connect_param_default(struct pj_websock_connect_param *cparam);
 /**
  * Creates an instance in the CLOSED state and stores it in `*p_ws`.
  *
- * `param` is copied (callbacks, user data, sizes). `pool` may be NULL: all
- * memory comes from the library's allocator. With `ioqueue` or
- * `timer_heap` NULL, or non-NULL (for now), the library's own event-loop
- * thread drives the connection and runs the callbacks.
+ * `param` is copied (callbacks, user data, sizes).
  *
- * Returns `PJ_SUCCESS`, or `PJ_EINVAL` when `param` or `p_ws` is NULL.
+ * With `param->ioqueue` NULL the library's own event-loop thread drives
+ * the connection and runs the callbacks; `pool`, `timer_heap` and
+ * `grp_lock` may be NULL and are not used.
+ *
+ * With `param->ioqueue` and `param->timer_heap` set (pjlib mode), the
+ * socket is registered with that ioqueue, timers go to that timer heap,
+ * and every callback runs inside the application's `pj_ioqueue_poll()` /
+ * `pj_timer_heap_poll()`; callbacks of one instance never overlap. The
+ * fixed instance record comes from a pool created from `pool`'s factory
+ * (so `pool` is required); `grp_lock`, when given, gets a reference and a
+ * destroy handler, else the instance creates its own.
+ *
+ * Returns `PJ_SUCCESS`; `PJ_EINVAL` when `param` or `p_ws` is NULL, or in
+ * pjlib mode without `timer_heap` or `pool`; `PJ_ENOTSUP` when `ioqueue`
+ * is given but pjlib is not in the process.
  */
 pj_status_t pj_websock_create(struct pj_pool_t *pool,
                               const struct pj_websock_param *param,
