@@ -204,6 +204,19 @@ struct PjMode {
     exec: Mutex<Exec>,
 }
 
+impl PjMode {
+    /// Nothing more runs for the instance; queued work (which holds
+    /// references to it) is dropped outside the lock.
+    fn close_exec(&self) {
+        let cmds = {
+            let mut x = lock(&self.exec);
+            x.closed = true;
+            std::mem::take(&mut x.cmds)
+        };
+        drop(cmds);
+    }
+}
+
 /// Holds the instance's group lock (pjlib mode) for an API call, so the
 /// lock order is always group lock, then the instance's own lock.
 struct GrpGuard<'a>(Option<&'a PjDrv>);
@@ -892,12 +905,7 @@ impl Client {
                 g.state = pj_websock_readystate::PJ_WEBSOCK_STATE_CLOSED;
                 g.link.take()
             };
-            let cmds = {
-                let mut x = lock(&pj.exec);
-                x.closed = true;
-                std::mem::take(&mut x.cmds)
-            };
-            drop(cmds);
+            pj.close_exec();
             if let Some(link) = link {
                 let mut bufs = Bufs::default();
                 self.release(&mut Cx::Pj(&mut bufs), link);
@@ -1806,12 +1814,7 @@ impl pjdrv::Owner for Client {
         let me = Arc::from_raw(ptr as *const Client);
         // Queued work holds references to the instance: drop it first.
         if let Some(pj) = me.pj.as_ref() {
-            let cmds = {
-                let mut x = lock(&pj.exec);
-                x.closed = true;
-                std::mem::take(&mut x.cmds)
-            };
-            drop(cmds);
+            pj.close_exec();
         }
         drop(me);
     }

@@ -107,6 +107,12 @@ pub fn from_os(errno: i32) -> pj_status_t {
     }
 }
 
+/// The OS error number a status carries (the inverse of `from_os`).
+pub fn to_os(status: pj_status_t) -> Option<i32> {
+    (status > PJ_ERRNO_START_SYS && status < PJ_ERRNO_START_SYS + 50000)
+        .then(|| status - PJ_ERRNO_START_SYS)
+}
+
 /// The last OS error as a pjlib status.
 pub fn last_os_error() -> pj_status_t {
     from_os(
@@ -160,7 +166,7 @@ pub fn describe(status: pj_status_t) -> Option<String> {
         PJ_WEBSOCK_ETLS_TIMEOUT => "TLS handshake timed out (PJ_WEBSOCK_ETLS_TIMEOUT)",
         PJ_WEBSOCK_ETLS_PROTO => "Only TLS versions older than 1.2 allowed (PJ_WEBSOCK_ETLS_PROTO)",
         PJ_WEBSOCK_ETLS_CONFIG => "Unusable TLS settings: CA, certificate, key or ciphers (PJ_WEBSOCK_ETLS_CONFIG)",
-        s if s > PJ_ERRNO_START_SYS && s < PJ_ERRNO_START_SYS + 50000 => {
+        s if to_os(s).is_some() => {
             let e = s - PJ_ERRNO_START_SYS;
             return Some(format!("{} (errno {})", std::io::Error::from_raw_os_error(e), e));
         }

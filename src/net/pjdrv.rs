@@ -585,11 +585,7 @@ fn would_block() -> io::Error {
 
 /// A pj_status_t as an io::Error (OS errors keep their errno).
 pub fn status_error(st: pj_status_t) -> io::Error {
-    if st > crate::status::PJ_ERRNO_START_SYS && st < crate::status::PJ_ERRNO_START_SYS + 50000 {
-        io::Error::from_raw_os_error(st - crate::status::PJ_ERRNO_START_SYS)
-    } else {
-        io::Error::from_raw_os_error(libc::ECONNRESET)
-    }
+    io::Error::from_raw_os_error(to_os(st).unwrap_or(libc::ECONNRESET))
 }
 
 impl PjSock {
@@ -655,7 +651,7 @@ impl PjSock {
         if !self.connected {
             return (false, false);
         }
-        if self.in_pos == self.in_len && !self.recv_pending && self.rx_end.is_none() {
+        if self.needs_recv() {
             self.post_recv();
         }
         let readable = self.in_pos < self.in_len || self.rx_end.is_some();
@@ -665,6 +661,11 @@ impl PjSock {
 
     fn queued(&self) -> usize {
         self.out.len() - self.out_off + self.stage.len()
+    }
+
+    /// Connected, inbox drained, no receive pending, stream not ended.
+    fn needs_recv(&self) -> bool {
+        self.connected && self.in_pos == self.in_len && !self.recv_pending && self.rx_end.is_none()
     }
 
     /// Starts a receive into the inbox; data that is there at once is
@@ -703,11 +704,7 @@ impl PjSock {
 
     /// Non-blocking read, as recv(2) would do it.
     pub fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.in_pos == self.in_len
-            && !self.recv_pending
-            && self.rx_end.is_none()
-            && self.connected
-        {
+        if self.needs_recv() {
             self.post_recv();
         }
         if self.in_pos < self.in_len {
