@@ -151,10 +151,12 @@ test-conformance: venv c-tests
 	$(VENV)/bin/python tests/conformance/run.py --bin $(BUILD)/c-tests/test_conformance
 	$(VENV)/bin/python tests/conformance/run.py --bin $(BUILD)/c-tests/test_conformance --valgrind
 
-# pjlib mode against a pjproject build (PJPROJECT_DIR=...); skipped, and
-# says so, when there is none.
+# pjlib mode against a pjproject build (PJPROJECT_DIR=... or pkg-config
+# libpjproject), natively and under valgrind, and pjproject's websock_test
+# relinked with -lpjwebsock; without pjproject those print
+# "SKIPPED: pjproject not found" and count as skipped.
 test-pjlib: venv lib
-	bash tests/pjlib/run.sh
+	$(VENV)/bin/python tests/pjlib/run.py --valgrind
 
 # The committed fuzz corpus through the fuzz targets, on stable Rust.
 test-fuzz-replay:
