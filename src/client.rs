@@ -39,6 +39,9 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_MAX_BUFFERED: usize = 64 * 1024 * 1024;
 
+/// Payloads with at least this much still due are read straight into
+/// the message buffer (plain TCP, own loop).
+const DIRECT_READ_MIN: usize = 16 * 1024;
 /// Reads per readiness event before other connections get their turn.
 const READS_PER_EVENT: usize = 4;
 /// Sends closer together than this (ns) are a burst and get coalesced.
@@ -462,6 +465,38 @@ impl Link {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => Io::Failed(io_status(&e)),
             };
+        }
+    }
+
+    /// Plain TCP on the own loop with a large payload due: reads into the
+    /// message buffer (`Conn::payload_room`). None when that does not
+    /// apply; else the read's outcome and the event it completed. Replies
+    /// the engine generates go to `out`.
+    fn read_direct(&mut self, out: &mut Vec<u8>) -> Option<(Io, Option<Event<'static>>, usize)> {
+        if self.tls.is_some() {
+            return None;
+        }
+        let (Some((Sock::Os(sock), _)), Some(conn)) = (self.sock.as_ref(), self.conn.as_mut())
+        else {
+            return None;
+        };
+        let room = conn.payload_room(DIRECT_READ_MIN)?;
+        let asked = room.len();
+        loop {
+            return Some(match sock.read_uninit(room) {
+                Ok(0) => (Io::Eof, None, asked),
+                // SAFETY: the kernel wrote n bytes at the start of `room`.
+                Ok(n) => (
+                    Io::Done(n),
+                    unsafe { conn.payload_filled(n, out, &mut mask) },
+                    asked,
+                ),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    (Io::WouldBlock, None, asked)
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => (Io::Failed(io_status(&e)), None, asked),
+            });
         }
     }
 
@@ -1232,7 +1267,6 @@ impl Client {
     ) -> (usize, Option<Deliver<'a>>) {
         let max_rx = g.cfg.max_rx;
         let ping = g.cfg.ping_interval;
-        let close_timeout = g.cfg.close_timeout;
         let Some(link) = g.link.as_mut() else {
             return (input.len(), None);
         };
@@ -1274,46 +1308,59 @@ impl Client {
                 };
                 let scratch = cx.bufs().1;
                 let (used, ev) = conn.feed(input, scratch, &mut mask);
-                if !scratch.is_empty() {
-                    link.tx.push(scratch);
-                    scratch.clear();
-                    link.reply_pending = true;
-                }
-                let Some(ev) = ev else { return (used, None) };
-                match ev {
-                    Event::Message { opcode, data } => (used, Some(Deliver::Message(opcode, data))),
-                    Event::Ping | Event::Pong { .. } => (used, None),
-                    Event::Close { code, reason } => {
-                        link.close_received = Some((code, reason));
-                        g.info.code_received = code;
-                        if g.state == pj_websock_readystate::PJ_WEBSOCK_STATE_OPEN {
-                            g.info.initiator = pj_websock_close_initiator::PJ_WEBSOCK_CLOSE_PEER;
-                            g.info.code_sent = if code == 1005 { 0 } else { code };
-                            g.state = pj_websock_readystate::PJ_WEBSOCK_STATE_CLOSING;
-                        }
-                        link.phase = Phase::Closing;
-                        link.next_ping = None;
-                        // Now the server closes TCP first; wait for it.
-                        link.close_deadline = Some(Instant::now() + close_timeout);
-                        self.rearm(link);
-                        (used, None)
-                    }
-                    Event::ProtocolError { code, .. } => {
-                        if g.state == pj_websock_readystate::PJ_WEBSOCK_STATE_OPEN {
-                            g.info.code_sent = code;
-                        }
-                        g.info.initiator = pj_websock_close_initiator::PJ_WEBSOCK_CLOSE_PROTOCOL;
-                        g.info.status = protocol_status(code);
-                        g.state = pj_websock_readystate::PJ_WEBSOCK_STATE_CLOSING;
-                        link.phase = Phase::Closing;
-                        link.next_ping = None;
-                        link.close_deadline = Some(Instant::now() + close_timeout);
-                        self.rearm(link);
-                        (used, None)
-                    }
-                }
+                (used, self.on_frames(cx, g, ev))
             }
             _ => (input.len(), None),
+        }
+    }
+
+    /// Takes what the protocol engine produced from received bytes: the
+    /// replies it queued in the scratch buffer and its event.
+    fn on_frames<'a>(
+        self: &Arc<Self>,
+        cx: &mut Cx<'_>,
+        g: &mut Inner,
+        ev: Option<Event<'a>>,
+    ) -> Option<Deliver<'a>> {
+        let close_timeout = g.cfg.close_timeout;
+        let link = g.link.as_mut()?;
+        let scratch = cx.bufs().1;
+        if !scratch.is_empty() {
+            link.tx.push(scratch);
+            scratch.clear();
+            link.reply_pending = true;
+        }
+        match ev? {
+            Event::Message { opcode, data } => Some(Deliver::Message(opcode, data)),
+            Event::Ping | Event::Pong { .. } => None,
+            Event::Close { code, reason } => {
+                link.close_received = Some((code, reason));
+                g.info.code_received = code;
+                if g.state == pj_websock_readystate::PJ_WEBSOCK_STATE_OPEN {
+                    g.info.initiator = pj_websock_close_initiator::PJ_WEBSOCK_CLOSE_PEER;
+                    g.info.code_sent = if code == 1005 { 0 } else { code };
+                    g.state = pj_websock_readystate::PJ_WEBSOCK_STATE_CLOSING;
+                }
+                link.phase = Phase::Closing;
+                link.next_ping = None;
+                // Now the server closes TCP first; wait for it.
+                link.close_deadline = Some(Instant::now() + close_timeout);
+                self.rearm(link);
+                None
+            }
+            Event::ProtocolError { code, .. } => {
+                if g.state == pj_websock_readystate::PJ_WEBSOCK_STATE_OPEN {
+                    g.info.code_sent = code;
+                }
+                g.info.initiator = pj_websock_close_initiator::PJ_WEBSOCK_CLOSE_PROTOCOL;
+                g.info.status = protocol_status(code);
+                g.state = pj_websock_readystate::PJ_WEBSOCK_STATE_CLOSING;
+                link.phase = Phase::Closing;
+                link.next_ping = None;
+                link.close_deadline = Some(Instant::now() + close_timeout);
+                self.rearm(link);
+                None
+            }
         }
     }
 
@@ -1388,7 +1435,13 @@ impl Client {
             if let (Some(v), Some(conn)) = (recycled.take(), link.conn.as_mut()) {
                 conn.recycle(v);
             }
-            let n = match link.io_read(&mut buf) {
+            // A large payload is due: read it straight into the message
+            // buffer rather than through `buf`.
+            let (io, direct) = match link.read_direct(cx.bufs().1) {
+                Some((io, ev, asked)) => (io, Some((ev, asked))),
+                None => (link.io_read(&mut buf), None),
+            };
+            let n = match io {
                 Io::Done(n) => n,
                 Io::WouldBlock => {
                     let d = self.flush_after_read(cx, &mut g);
@@ -1410,6 +1463,34 @@ impl Client {
                 }
             };
             link.last_rx = mono_ns();
+            if let Some((ev, asked)) = direct {
+                let d = self.on_frames(cx, &mut g, ev);
+                let failed = self.flush_replies(cx, &mut g);
+                drop(g);
+                if let Some(d) = d {
+                    let ended = matches!(d, Deliver::Close(..));
+                    if let Some(v) = self.deliver(d) {
+                        recycled = Some(v);
+                    }
+                    if ended {
+                        break 'reads;
+                    }
+                }
+                let ended = failed.is_some();
+                self.deliver_all(failed);
+                if ended || self.is_destroyed() {
+                    break 'reads;
+                }
+                if n < asked {
+                    // The socket is drained: end the batch as below.
+                    let mut g = lock(&self.inner);
+                    let d = self.flush_after_read(cx, &mut g);
+                    drop(g);
+                    self.deliver_all(d);
+                    break 'reads;
+                }
+                continue;
+            }
             let mut pos = 0;
             while pos < n {
                 let (used, d) = self.process(cx, &mut g, &buf[pos..n]);

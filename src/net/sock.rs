@@ -175,6 +175,18 @@ impl Socket {
         recv(self.fd, buf)
     }
 
+    /// Reads into memory that need not be initialised.
+    pub fn read_uninit(&self, buf: &mut [std::mem::MaybeUninit<u8>]) -> io::Result<usize> {
+        // SAFETY: buf is valid for writes of buf.len() bytes; the kernel
+        // initialises the bytes it reports.
+        let r = unsafe { libc::recv(self.fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0) };
+        if r < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(r as usize)
+        }
+    }
+
     /// Writes without raising SIGPIPE on a closed connection.
     pub fn write(&self, buf: &[u8]) -> io::Result<usize> {
         send(self.fd, buf)

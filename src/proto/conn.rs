@@ -4,7 +4,7 @@
 //! that proves it, the connection is failed with the matching close code, and
 //! nothing after that is delivered.
 
-use std::mem;
+use std::mem::{self, MaybeUninit};
 
 use super::close;
 use super::frame::{self, FrameHeader, OpCode, MAX_HEADER_LEN};
@@ -262,6 +262,75 @@ impl Conn {
                 return (pos, Some(Event::Message { opcode, data }));
             }
         }
+    }
+
+    /// While the payload of a text or binary frame is being read and at
+    /// least `min` more bytes of it are due: free space at the end of the
+    /// message buffer (at most the rest of the frame) for the transport to
+    /// read into directly, skipping the copy `feed` would make. Report what
+    /// was read with [`Conn::payload_filled`].
+    pub fn payload_room(&mut self, min: usize) -> Option<&mut [MaybeUninit<u8>]> {
+        if self.failed || self.close_received || !self.in_payload || self.frame_op.is_control() {
+            return None;
+        }
+        let rest = usize::try_from(self.remaining).ok()?;
+        if rest < min.max(1) {
+            return None;
+        }
+        // The header check bounded the frame by max_message; still grow
+        // only as bytes arrive (RESERVE_MAX at a time).
+        self.msg.reserve(rest.min(RESERVE_MAX as usize));
+        let spare = self.msg.spare_capacity_mut();
+        let n = spare.len().min(rest);
+        spare.get_mut(..n)
+    }
+
+    /// Takes `n` bytes read into the slice from the last
+    /// [`Conn::payload_room`]: validates them (UTF-8) and completes the
+    /// frame and message as `feed` would. Frames it generates (an error
+    /// close) are appended to `out`.
+    ///
+    /// # Safety
+    /// The first `n` bytes of that slice must have been initialised, and
+    /// nothing else may have touched the connection since the call.
+    pub unsafe fn payload_filled(
+        &mut self,
+        n: usize,
+        out: &mut Vec<u8>,
+        mask: &mut dyn FnMut() -> [u8; 4],
+    ) -> Option<Event<'static>> {
+        let start = self.msg.len();
+        let n = n
+            .min(self.msg.capacity() - start)
+            .min(self.remaining as usize);
+        // SAFETY: the caller initialised these n bytes of spare capacity.
+        unsafe { self.msg.set_len(start + n) };
+        self.remaining -= n as u64;
+        if self.msg_op == Some(OpCode::Text)
+            && self
+                .utf8
+                .feed(self.msg.get(start..).unwrap_or_default())
+                .is_err()
+        {
+            return self
+                .fail((close::INVALID_DATA, "invalid UTF-8"), &[], out, mask)
+                .1;
+        }
+        if self.remaining > 0 {
+            return None;
+        }
+        self.in_payload = false;
+        if !self.frame_fin {
+            return None;
+        }
+        let opcode = self.msg_op.take().unwrap_or(OpCode::Bin);
+        if opcode == OpCode::Text && !self.utf8.is_complete() {
+            return self
+                .fail((close::INVALID_DATA, "truncated UTF-8"), &[], out, mask)
+                .1;
+        }
+        let data = Payload::Owned(mem::take(&mut self.msg));
+        Some(Event::Message { opcode, data })
     }
 
     /// Decodes the next header, completing a previously split one. On
@@ -557,12 +626,43 @@ mod tests {
         conn: &mut Conn,
         chunks: impl IntoIterator<Item = &'c [u8]>,
     ) -> (Vec<Event<'static>>, Vec<u8>) {
+        drive_direct(conn, chunks, None)
+    }
+
+    /// As `drive`; with `direct` = Some(min), payload bytes go through
+    /// `payload_room`/`payload_filled` whenever they offer room (as a
+    /// transport reading straight into the message buffer would).
+    fn drive_direct<'c>(
+        conn: &mut Conn,
+        chunks: impl IntoIterator<Item = &'c [u8]>,
+        direct: Option<usize>,
+    ) -> (Vec<Event<'static>>, Vec<u8>) {
         let mut events = vec![];
         let mut out = vec![];
         let mut mask = masker();
         for chunk in chunks {
             let mut pos = 0;
             loop {
+                if pos == chunk.len() {
+                    break;
+                }
+                if let Some(room) = direct.and_then(|min| conn.payload_room(min)) {
+                    let n = room.len().min(chunk.len() - pos);
+                    for (d, s) in room.iter_mut().zip(&chunk[pos..pos + n]) {
+                        d.write(*s);
+                    }
+                    pos += n;
+                    // SAFETY: n bytes of the room were written just above.
+                    if let Some(e) = unsafe { conn.payload_filled(n, &mut out, &mut mask) } {
+                        let end = matches!(e, Event::ProtocolError { .. });
+                        events.push(e);
+                        if end {
+                            // feed swallows the rest after a failure
+                            pos = chunk.len();
+                        }
+                    }
+                    continue;
+                }
                 let (n, ev) = conn.feed(&chunk[pos..], &mut out, &mut mask);
                 assert!(n <= chunk.len() - pos);
                 pos += n;
@@ -1095,10 +1195,57 @@ mod tests {
                 chunks.push(&stream[prev..c]);
                 prev = c;
             }
-            let (events, out) = drive(&mut Conn::new(MAX), chunks);
+            let (events, out) = drive(&mut Conn::new(MAX), chunks.iter().copied());
             assert!(events == expect);
             assert_eq!(client_frames(&out), expect_out);
+            // Reading payloads straight into the message buffer gives the
+            // same events and replies.
+            for min in [1, 100] {
+                let (events, out) =
+                    drive_direct(&mut Conn::new(MAX), chunks.iter().copied(), Some(min));
+                assert!(events == expect);
+                assert_eq!(client_frames(&out), expect_out);
+            }
         }
+    }
+
+    #[test]
+    fn direct_payload_reads_validate_utf8() {
+        // "é" (C3 A9) split between a direct read and the next frame.
+        let mut s = sframe(false, OpCode::Text, b"ab\xC3");
+        s.extend(sframe(true, OpCode::Cont, b"\xA9cd"));
+        for cut in 0..=s.len() {
+            let (events, _) = drive_direct(&mut Conn::new(MAX), [&s[..cut], &s[cut..]], Some(1));
+            assert_eq!(
+                events,
+                vec![msg(OpCode::Text, "abécd".as_bytes())],
+                "cut {cut}"
+            );
+        }
+        // Invalid bytes fail at once with 1007, before the frame ends.
+        let mut s = sframe(true, OpCode::Text, &[b'a'; 200]);
+        s[4 + 50] = 0xFF; // after the 4-byte header
+        let (events, out) = drive_direct(&mut Conn::new(MAX), [&s[..4], &s[4..60]], Some(1));
+        assert!(events.last().is_some_and(perr(1007)), "{events:?}");
+        let frames = client_frames(&out);
+        assert_eq!(
+            frames.last().map(|f| u16::from_be_bytes([f.2[0], f.2[1]])),
+            Some(1007)
+        );
+        // A text message whose last frame ends inside a code point.
+        let s = sframe(true, OpCode::Text, b"ab\xC3");
+        let (events, _) = drive_direct(&mut Conn::new(MAX), [&s[..2], &s[2..]], Some(1));
+        assert!(events.last().is_some_and(perr(1007)), "{events:?}");
+        // Control frames and small payloads never offer room.
+        let mut c = Conn::new(MAX);
+        let p = sframe(true, OpCode::Ping, &[1; 100]);
+        let (_, _) = drive(&mut c, [&p[..2]]);
+        assert!(c.payload_room(1).is_none());
+        let mut c = Conn::new(MAX);
+        let b = sframe(true, OpCode::Bin, &[1; 1000]);
+        let (_, _) = drive(&mut c, [&b[..4]]);
+        assert!(c.payload_room(1001).is_none());
+        assert_eq!(c.payload_room(1000).map(|r| r.len()), Some(1000));
     }
 
     #[test]
