@@ -96,12 +96,12 @@ impl Utf8Validator {
             }
             i += 1;
         }
-        // At a character boundary: skip ASCII a block at a time, then let the
-        // (vectorised) standard validator handle the rest in one go.
+        // At a character boundary: skip ASCII a block at a time, then let a
+        // SIMD validator handle the rest in one go.
         let rest = bytes.get(i..).unwrap_or_default();
         let i = i + ascii_prefix_len(rest);
         let rest = bytes.get(i..).unwrap_or_default();
-        let Err(e) = std::str::from_utf8(rest) else {
+        let Err(e) = simdutf8::compat::from_utf8(rest) else {
             return Ok(());
         };
         // Either an invalid sequence (error_len() is Some) or an incomplete
