@@ -6,7 +6,8 @@
  * the callbacks. Echoes are verified inside on_rx_msg (on that thread);
  * pingpong sends the next message from on_rx_msg; stream/bulk send from the
  * main thread as fast as pj_websock_send() accepts (PJ_EBUSY above the
- * send-queue high-water mark: wait a little and retry); fanout sends from
+ * send-queue high-water mark, set to 256 KiB as the header recommends for
+ * such senders: wait a little and retry); fanout sends from
  * the main thread on a 20 ms clock per connection.
  */
 #include "common.h"
@@ -237,6 +238,10 @@ static int conn_open(conn_t *c, long idx)
         fail("pj_websock_create: %d %s", st, strerr(st));
         return -1;
     }
+    /* As the header recommends for senders that outpace the network: a
+     * small high-water mark, retrying on PJ_EBUSY (stream, bulk). */
+    pj_websock_set_max_buffered(c->ws, getenv("PJWS_MAXBUF") ? (pj_size_t)atol(getenv("PJWS_MAXBUF"))
+                                                             : 256 * 1024);
     if (g_wss && A.ca) {
         /* Extension API that may not exist yet: look it up at run time. */
         set_tls_ca_fn f = (set_tls_ca_fn)dlsym(RTLD_DEFAULT, "pj_websock_set_tls_ca");
