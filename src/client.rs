@@ -13,7 +13,7 @@
 use std::ffi::c_void;
 use std::net::{IpAddr, SocketAddr};
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -301,11 +301,62 @@ struct Inner {
     verify_result: i32,
 }
 
+/// Keeps callbacks and destroy apart without a lock per callback: a
+/// callback starts only if `destroyed` is unset after `running` was
+/// raised, and destroy waits (on `cv`) while `running` is raised after
+/// setting `destroyed` — sequentially consistent, so one of the two sees
+/// the other.
 struct Gate {
-    destroyed: bool,
-    running: bool,
+    destroyed: AtomicBool,
+    /// Callbacks in progress (one thread delivers at a time).
+    running: AtomicUsize,
     /// pthread_self() of the thread running a callback.
-    thread: usize,
+    thread: AtomicUsize,
+    mu: Mutex<()>,
+    cv: Condvar,
+}
+
+impl Gate {
+    fn new() -> Gate {
+        Gate {
+            destroyed: AtomicBool::new(false),
+            running: AtomicUsize::new(0),
+            thread: AtomicUsize::new(0),
+            mu: Mutex::new(()),
+            cv: Condvar::new(),
+        }
+    }
+
+    /// Before a callback: false if the instance is destroyed (then the
+    /// callback must not run).
+    fn enter(&self) -> bool {
+        self.thread.store(this_thread(), Ordering::Relaxed);
+        self.running.fetch_add(1, Ordering::SeqCst);
+        if self.destroyed.load(Ordering::SeqCst) {
+            self.leave();
+            return false;
+        }
+        true
+    }
+
+    fn leave(&self) {
+        if self.running.fetch_sub(1, Ordering::SeqCst) == 1 && self.destroyed.load(Ordering::SeqCst)
+        {
+            let _g = lock(&self.mu);
+            self.cv.notify_all();
+        }
+    }
+
+    /// Marks the instance destroyed and waits for a callback running on
+    /// another thread to return (one on this thread is the caller).
+    fn close(&self) {
+        self.destroyed.store(true, Ordering::SeqCst);
+        let me = this_thread();
+        let mut g = lock(&self.mu);
+        while self.running.load(Ordering::SeqCst) > 0 && self.thread.load(Ordering::Relaxed) != me {
+            g = self.cv.wait(g).unwrap_or_else(|e| e.into_inner());
+        }
+    }
 }
 
 /// The object behind `pj_websock *`.
@@ -316,8 +367,7 @@ pub struct Client {
     /// The application's `pj_ssl_sock_param *` (read at each connect, as
     /// upstream does), stored as an address.
     ssl_param: usize,
-    gate: Mutex<Gate>,
-    gate_cv: Condvar,
+    gate: Gate,
     /// Set when the application's ioqueue and timer heap drive the
     /// instance; None on the own event loop.
     pj: Option<Box<PjMode>>,
@@ -620,12 +670,7 @@ impl Client {
             cb: param.cb,
             user_data: AtomicPtr::new(param.user_data),
             ssl_param: param.ssl_param as usize,
-            gate: Mutex::new(Gate {
-                destroyed: false,
-                running: false,
-                thread: 0,
-            }),
-            gate_cv: Condvar::new(),
+            gate: Gate::new(),
             pj,
         });
         if let Some(pj) = c.pj.as_ref() {
@@ -837,17 +882,22 @@ impl Client {
         if buffered > 0 && buffered.saturating_add(data.len()) > max {
             return PJ_EBUSY;
         }
+        let coalescing = link.flush_deadline.is_some() && buffered > 0;
         link.tx.append_with(data.len() + MAX_HEADER_LEN, |b| {
             conn.send_frame(op, data, mask(), b)
         });
-        let now = mono_ns();
-        // A send right after another is part of a burst: coalesce it with
-        // the next ones into one write instead of a syscall per message.
-        let burst = link.last_send != 0 && now.saturating_sub(link.last_send) < BURST_GAP_NS;
-        link.last_send = now;
         if link.out_armed || link.write_err.is_some() {
             return PJ_SUCCESS; // the loop drains the queue when writable
         }
+        // A send right after another is part of a burst: coalesce it with
+        // the next ones into one write instead of a syscall per message.
+        // Within a burst already being coalesced the clock is not needed.
+        let burst = coalescing || {
+            let now = mono_ns();
+            let b = link.last_send != 0 && now.saturating_sub(link.last_send) < BURST_GAP_NS;
+            link.last_send = now;
+            b
+        };
         if !burst || link.buffered() >= COALESCE_BYTES {
             if let Err(e) = link.flush() {
                 self.defer_write_error(link, e);
@@ -921,16 +971,9 @@ impl Client {
     /// Stops all callbacks and releases the transport. After this returns
     /// no callback starts; one running on another thread has returned.
     pub fn destroy(self: &Arc<Self>) {
-        {
-            let mut gate = lock(&self.gate);
-            gate.destroyed = true;
-            // From inside a callback (its thread is this one) there is
-            // nothing to wait for.
-            let me = this_thread();
-            while gate.running && gate.thread != me {
-                gate = self.gate_cv.wait(gate).unwrap_or_else(|e| e.into_inner());
-            }
-        }
+        // From inside a callback (its thread is this one) there is
+        // nothing to wait for.
+        self.gate.close();
         if let Some(pj) = self.pj.as_ref() {
             // pjlib mode: the socket leaves the application's ioqueue and
             // the timers its heap before this returns, as upstream does.
@@ -963,7 +1006,7 @@ impl Client {
     }
 
     fn is_destroyed(&self) -> bool {
-        lock(&self.gate).destroyed
+        self.gate.destroyed.load(Ordering::SeqCst)
     }
 
     // ----- loop thread ------------------------------------------------
@@ -1699,13 +1742,8 @@ impl Client {
     /// Invokes one application callback unless the instance was destroyed.
     /// Returns an owned message buffer for reuse.
     fn deliver(&self, d: Deliver<'_>) -> Option<Vec<u8>> {
-        {
-            let mut gate = lock(&self.gate);
-            if gate.destroyed {
-                return None;
-            }
-            gate.running = true;
-            gate.thread = this_thread();
+        if !self.gate.enter() {
+            return None;
         }
         crate::pjlib::register_thread();
         // pjlib mode: callbacks run without the group lock (as upstream's
@@ -1749,13 +1787,7 @@ impl Client {
                 }
             }
         }
-        {
-            let mut gate = lock(&self.gate);
-            gate.running = false;
-            if gate.destroyed {
-                self.gate_cv.notify_all();
-            }
-        }
+        self.gate.leave();
         if let Some(pj) = self.pj.as_ref() {
             pj.drv.lock();
         }
