@@ -7,6 +7,7 @@
 //! - `TlsStream`: one connection's OpenSSL state over a non-blocking socket,
 //!   with OpenSSL's WANT_READ/WANT_WRITE mapped onto `WouldBlock`.
 
+use std::ffi::{c_int, c_void};
 use std::io::{self, Read, Write};
 use std::net::IpAddr;
 use std::os::fd::RawFd;
@@ -15,7 +16,7 @@ use std::sync::Mutex;
 use openssl::error::ErrorStack;
 use openssl::ssl::{
     ErrorCode, Ssl, SslContext, SslContextBuilder, SslFiletype, SslMethod, SslMode, SslOptions,
-    SslStream, SslVerifyMode, SslVersion,
+    SslRef, SslStream, SslVerifyMode, SslVersion,
 };
 use openssl::x509::X509VerifyResult;
 
@@ -218,6 +219,18 @@ pub enum HandshakeStep {
     Failed(pj_status_t),
 }
 
+// OpenSSL ≥ 1.1.0 functions the openssl crate does not wrap.
+extern "C" {
+    fn SSL_set_read_ahead(ssl: *mut c_void, yes: c_int);
+    fn SSL_has_pending(ssl: *const c_void) -> c_int;
+}
+
+/// The `SSL *` behind an `SslRef` (a reference to an OpenSSL object is
+/// its pointer: the openssl crate's types are opaque wrappers).
+fn ssl_ptr(ssl: &SslRef) -> *mut c_void {
+    ssl as *const SslRef as *mut c_void
+}
+
 /// One TLS connection.
 pub struct TlsStream {
     stream: SslStream<SockIo>,
@@ -248,7 +261,15 @@ impl TlsStream {
                 None => p.set_host(&sess.name).map_err(err)?,
             }
         }
+        // Over a socket, read ahead: one recv fetches several records
+        // instead of two recvs (header, body) per record. The pjlib
+        // driver's reads come from its inbox in memory: no need there.
+        let read_ahead = matches!(io, SockIo::Fd(_));
         let stream = SslStream::new(ssl, io).map_err(err)?;
+        if read_ahead {
+            // SAFETY: a live SSL; SSL_set_read_ahead only sets a flag.
+            unsafe { SSL_set_read_ahead(ssl_ptr(stream.ssl()), 1) };
+        }
         Ok(TlsStream {
             stream,
             pins: sess.pins,
@@ -306,6 +327,13 @@ impl TlsStream {
     /// The OpenSSL X509 verification result of the handshake (0 = OK).
     pub fn verify_result(&self) -> i32 {
         self.verify_result
+    }
+
+    /// Bytes already taken from the socket that a `read` can return
+    /// without new ones arriving (read-ahead): epoll will not report them.
+    pub fn has_pending(&self) -> bool {
+        // SAFETY: a live SSL; SSL_has_pending only reads it.
+        unsafe { SSL_has_pending(ssl_ptr(self.stream.ssl())) != 0 }
     }
 
     /// Reads decrypted bytes. Ok(0) is the end of the stream.
