@@ -35,16 +35,13 @@ A test binary prints one line per case: "ok - <name>",
 """
 
 import argparse
-import json
 import math
 import os
 import re
 import select
 import shutil
-import signal
 import socket
 import struct
-import subprocess
 import sys
 import tempfile
 import threading
@@ -53,105 +50,16 @@ import wave
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from harness import (VALGRIND_ERROR_EXIT, Results, Server, abnormal_end, give_up, refused_port,
+                     run_process, tally_run, valgrind_argv, valgrind_summary)
+
 HERE = Path(__file__).resolve().parent
 SERVERS = HERE / "servers"
-SUPPRESSIONS = HERE / "valgrind.supp"
 OWN_RUNNER = {"test_tls", "test_conformance"}
-
-VALGRIND_ARGS = [
-    "valgrind",
-    "--error-exitcode=99",
-    "--leak-check=full",
-    "--show-leak-kinds=definite,indirect,possible",
-    "--errors-for-leak-kinds=definite,indirect,possible",
-    "--num-callers=40",
-    "--gen-suppressions=all",
-]
-VALGRIND_ERROR_EXIT = 99
-
-
-# ---------------------------------------------------------------------------
-# Results
-
-class Results:
-    def __init__(self):
-        self.lock = threading.Lock()
-        self.passed = 0
-        self.failed: list[str] = []
-        self.skipped = 0
-
-    def ok(self, n=1):
-        with self.lock:
-            self.passed += n
-
-    def fail(self, text):
-        with self.lock:
-            self.failed.append(text)
-
-    def skip(self, n=1):
-        with self.lock:
-            self.skipped += n
-
-
-def signame(rc):
-    try:
-        return signal.Signals(-rc).name
-    except ValueError:
-        return "signal %d" % -rc
 
 
 # ---------------------------------------------------------------------------
 # Peers
-
-class Server:
-    def __init__(self, name, argv, logdir):
-        self.name = name
-        self.log_path = logdir / ("%s.log" % name)
-        self.log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=self.log, cwd=str(HERE))
-        self.info = self._read_info(20)
-
-    def _read_info(self, timeout):
-        r, _, _ = select.select([self.proc.stdout], [], [], timeout)
-        if not r:
-            self.stop()
-            raise RuntimeError("%s did not report its port within %d s (see %s)"
-                               % (self.name, timeout, self.log_path))
-        line = self.proc.stdout.readline()
-        if not line:
-            self.stop()
-            raise RuntimeError("%s exited at startup (see %s)" % (self.name, self.log_path))
-        return json.loads(line)
-
-    def alive(self):
-        return self.proc.poll() is None
-
-    def stop(self):
-        if self.proc.poll() is None:
-            try:
-                self.proc.stdin.close()
-            except OSError:
-                pass
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.terminate()
-                try:
-                    self.proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait()
-        self.log.close()
-
-
-def refused_port():
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
 
 class BlackHole:
     """A loopback address where SYNs are dropped: a listener with listen(0)
@@ -223,80 +131,6 @@ def make_wav(path: Path, seconds=1.0, rate=16000, freq=440.0):
 # ---------------------------------------------------------------------------
 # Running binaries
 
-CASE_RE = re.compile(r"^(ok|not ok|SKIPPED) - (.*)$")
-
-
-def run_process(argv, env, timeout, log_path):
-    """Runs argv in its own process group; returns (rc, output, timed_out, seconds)."""
-    t0 = time.monotonic()
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True)
-        chunks = []
-
-        def reader():
-            for chunk in iter(lambda: proc.stdout.read1(65536), b""):
-                chunks.append(chunk)
-                log.write(chunk)
-                log.flush()
-
-        th = threading.Thread(target=reader, daemon=True)
-        th.start()
-        timed_out = False
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait()
-        th.join(5)
-    out = b"".join(chunks).decode("utf-8", "replace")
-    return proc.returncode, out, timed_out, time.monotonic() - t0
-
-
-def valgrind_argv(args, log_path):
-    supp = [SUPPRESSIONS] + [p.resolve() for p in args.suppressions]
-    return VALGRIND_ARGS + ["--suppressions=%s" % p for p in supp] + ["--log-file=%s" % log_path]
-
-
-ERROR_HEADS = ("Invalid ", "Conditional jump", "Use of uninitialised", "Syscall param", "Mismatched free",
-               "Source and destination overlap", "Argument ", "Jump to the invalid", "Process terminating")
-
-
-def valgrind_summary(log_path: Path, frames=10, max_blocks=6):
-    """The error reports of a valgrind log, each cut to its first frames."""
-    try:
-        text = log_path.read_text(errors="replace")
-    except OSError:
-        return "    (no valgrind log)"
-    body = [re.sub(r"^==\d+== ?", "", l) for l in text.splitlines() if l.startswith("==")]
-    blocks, cur = [], []
-    for l in body + [""]:
-        if l.strip():
-            cur.append(l)
-        elif cur:
-            blocks.append(cur)
-            cur = []
-    out = []
-    shown = 0
-    for b in blocks:
-        head = b[0]
-        if head.startswith(ERROR_HEADS) or re.search(r"bytes in \d+ blocks are (definitely|indirectly|possibly)", head):
-            if shown < max_blocks:
-                out.extend("    | " + l for l in b[:frames + 1])
-                if len(b) > frames + 1:
-                    out.append("    |    ... (%d more frames)" % (len(b) - frames - 1))
-            shown += 1
-    if shown > max_blocks:
-        out.append("    | ... %d more error reports" % (shown - max_blocks))
-    out.extend("    | " + l for l in body if l.startswith("ERROR SUMMARY"))
-    out.append("    | full log: %s" % log_path)
-    return "\n".join(out)
-
-
 def run_test_binary(path: Path, env, args, res: Results, logdir: Path, vg: bool, out_lock):
     name = path.name
     label = name + (" [valgrind]" if vg else "")
@@ -307,65 +141,20 @@ def run_test_binary(path: Path, env, args, res: Results, logdir: Path, vg: bool,
     vg_log = None
     if vg:
         vg_log = logdir / ("%s.valgrind.log" % name)
-        argv = valgrind_argv(args, vg_log) + argv
+        argv = valgrind_argv(vg_log, args.suppressions) + argv
         env["PJWS_UNDER_VALGRIND"] = "1"
         timeout = args.vg_timeout
     rc, out, timed_out, secs = run_process(argv, env, timeout, log_path)
-
-    n_ok = n_fail = n_skip = 0
-    lines = []
-    last_started = None
-    for line in out.splitlines():
-        if line.startswith("# running "):
-            last_started = line[len("# running "):]
-            continue
-        m = CASE_RE.match(line)
-        if not m:
-            continue
-        kind, rest = m.groups()
-        if kind == "ok":
-            n_ok += 1
-            last_started = None
-        elif kind == "not ok":
-            n_fail += 1
-            res.fail("%s: %s" % (label, rest))
-            lines.append("    not ok - %s" % rest)
-            last_started = None
-        else:
-            n_skip += 1
-            lines.append("    SKIPPED - %s" % rest)
-            last_started = None
-    res.ok(n_ok)
-    res.skip(n_skip)
-
-    problems = []
-    if timed_out:
-        problems.append("timed out after %d s%s" % (timeout, "; case running: %s" % last_started
-                                                     if last_started else ""))
-    elif vg and rc == VALGRIND_ERROR_EXIT:
-        problems.append("valgrind reported errors (log: %s)" % vg_log)
-    elif rc < 0:
-        problems.append("crashed with %s%s" % (signame(rc), "; case running: %s" % last_started
-                                                if last_started else ""))
-    elif rc != 0 and n_fail == 0:
-        problems.append("exited with status %d but reported no failing case" % rc)
-    elif rc == 0 and n_fail:
-        problems.append("exited 0 although %d case(s) failed" % n_fail)
-    if n_ok + n_fail + n_skip == 0 and not problems:
-        problems.append("reported no test case")
-    for p in problems:
-        res.fail("%s: %s" % (label, p))
-        lines.append("    FAILED: %s" % p)
-        n_fail += 1
+    t = tally_run(label, out, rc, timed_out, timeout, vg_log, res)
 
     with out_lock:
-        print("%-28s %4d passed %3d failed %3d skipped %8.1f s" % (label, n_ok, n_fail, n_skip, secs),
+        print("%-28s %4d passed %3d failed %3d skipped %8.1f s" % (label, t.ok, t.failed, t.skipped, secs),
               flush=True)
-        for l in lines:
+        for l in t.lines:
             print(l)
         if vg and rc == VALGRIND_ERROR_EXIT:
             print(valgrind_summary(vg_log))
-        if (problems or (n_fail and args.verbose)) and not vg:
+        if (t.problems or (t.failed and args.verbose)) and not vg:
             tail = "\n".join(out.splitlines()[-15:])
             print("    --- last output lines (%s) ---\n%s" % (log_path, tail))
         sys.stdout.flush()
@@ -439,19 +228,11 @@ def run_examples(exdir: Path, env, args, res: Results, logdir: Path, tmpdir: Pat
         vg_log = None
         if vg:
             vg_log = logdir / ("%s.%d.valgrind.log" % (prog, labels.index(label)))
-            run_argv = valgrind_argv(args, vg_log) + run_argv
+            run_argv = valgrind_argv(vg_log, args.suppressions) + run_argv
             timeout = args.vg_timeout
         log_path = logdir / ("example.%s.%d%s.out" % (prog, labels.index(label), ".valgrind" if vg else ""))
         rc, out, timed_out, secs = run_process(run_argv, cenv, timeout, log_path)
-        why = None
-        if timed_out:
-            why = "timed out after %d s" % timeout
-        elif rc < 0:
-            why = "crashed with %s" % signame(rc)
-        elif vg and rc == VALGRIND_ERROR_EXIT:
-            why = "valgrind reported errors (log: %s)" % vg_log
-        else:
-            why = check(out, rc)
+        why = abnormal_end(rc, timed_out, timeout, vg_log) or check(out, rc)
         with out_lock:
             if why:
                 res.fail("example %s: %s" % (full, why))
@@ -506,21 +287,19 @@ def main():
     run_ex = args.exdir is not None and (not args.only or any(
         o in ("examples", "echo_client", "audio_stream") for o in args.only))
     if not binaries and not run_ex:
-        print("no test binaries found in %s%s" % (args.bindir, " matching --only" if args.only else ""))
-        print("0 passed, 1 failed, 0 skipped")
-        return 1
+        return give_up("no test binaries found in %s%s" % (args.bindir, " matching --only" if args.only else ""))
     if args.valgrind and not shutil.which("valgrind"):
-        print("valgrind not found")
-        print("0 passed, 1 failed, 0 skipped")
-        return 1
+        return give_up("valgrind not found")
 
     servers = []
     blackhole = None
     t_start = time.monotonic()
     try:
-        ws = Server("ws_server", [sys.executable, str(SERVERS / "ws_server.py"), "--watch-stdin"], logdir)
+        ws = Server("ws_server", [sys.executable, str(SERVERS / "ws_server.py"), "--watch-stdin"],
+                    logdir / "ws_server.log", cwd=HERE)
         servers.append(ws)
-        raw = Server("raw_server", [sys.executable, str(SERVERS / "raw_server.py"), "--watch-stdin"], logdir)
+        raw = Server("raw_server", [sys.executable, str(SERVERS / "raw_server.py"), "--watch-stdin"],
+                     logdir / "raw_server.log", cwd=HERE)
         servers.append(raw)
         blackhole = BlackHole()
 
@@ -572,13 +351,7 @@ def main():
             blackhole.close()
         shutil.rmtree(tmpdir, ignore_errors=True)
 
-    print("== total %.1f s ==" % (time.monotonic() - t_start))
-    if res.failed:
-        print("Failures:")
-        for f in res.failed:
-            print("  " + f)
-    print("%d passed, %d failed, %d skipped" % (res.passed, len(res.failed), res.skipped))
-    return 1 if res.failed else 0
+    return res.report(t_start)
 
 
 if __name__ == "__main__":

@@ -25,29 +25,22 @@ Stdlib only. Logs go to build/test-logs/conformance-* (or --logdir).
 """
 
 import argparse
-import json
 import os
 import re
-import select
-import signal
-import subprocess
 import sys
-import threading
-import time
 from collections import defaultdict
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
 import cases as C  # noqa: E402
+from harness import VALGRIND_ERROR_EXIT, Results, Server, give_up, run_process, valgrind_argv  # noqa: E402
 
 HEADER = ROOT / "include" / "pjwebsock" / "websock.h"
 DOC = ROOT / "docs" / "CONFORMANCE.md"
-SUPPRESSIONS = ROOT / "tests" / "valgrind.supp"
-VALGRIND = ["valgrind", "--error-exitcode=99", "--leak-check=full",
-            "--show-leak-kinds=definite,indirect,possible",
-            "--errors-for-leak-kinds=definite,indirect,possible", "--num-callers=40"]
+# "<kind> - <case id>[: <why>]"
 CASE_RE = re.compile(r"^(ok|not ok|SKIPPED) - (\S+)(?:: (.*))?$")
 OPS = {"text": 1, "bin": 2, "ping": 9, "pong": 10}
 
@@ -305,27 +298,6 @@ def render_doc():
 
 # ---------------------------------------------------------------------------
 
-def start_server(logdir, slow):
-    log = open(logdir / "conformance-server.log", "wb")
-    proc = subprocess.Popen([sys.executable, str(HERE / "server.py"), "--watch-stdin", "--slow", str(slow), "-v"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log)
-    r, _, _ = select.select([proc.stdout], [], [], 20)
-    line = proc.stdout.readline() if r else b""
-    if not line:
-        proc.kill()
-        raise SystemExit("server.py did not start (see %s)" % log.name)
-    return proc, json.loads(line), log
-
-
-def stop_server(proc):
-    try:
-        proc.stdin.close()
-        proc.wait(5)
-    except (OSError, subprocess.TimeoutExpired):
-        proc.kill()
-        proc.wait()
-
-
 def main():
     ap = argparse.ArgumentParser(description="RFC 6455 client conformance suite")
     ap.add_argument("--bin", type=Path, default=ROOT / "build" / "c-tests" / "test_conformance")
@@ -360,13 +332,9 @@ def main():
 
     selected = [c for c in C.CASES if not args.only or any(o in c.id for o in args.only)]
     if not selected:
-        print("no case matches --only %s" % args.only)
-        print("0 passed, 1 failed")
-        return 1
+        return give_up("no case matches --only %s" % args.only, show_skipped=False)
     if not args.bin.exists():
-        print("%s not found (make c-tests)" % args.bin)
-        print("0 passed, 1 failed")
-        return 1
+        return give_up("%s not found (make c-tests)" % args.bin, show_skipped=False)
 
     vg = args.valgrind
     jobs = args.jobs or (4 if vg else 8)
@@ -375,7 +343,13 @@ def main():
     args.logdir.mkdir(parents=True, exist_ok=True)
     tag = "conformance" + ("-valgrind" if vg else "")
     sym = header_symbols()
-    proc, info, slog = start_server(args.logdir, 10 if vg else 1)
+    try:
+        server = Server("server.py", [sys.executable, str(HERE / "server.py"), "--watch-stdin",
+                                      "--slow", str(10 if vg else 1), "-v"],
+                        args.logdir / "conformance-server.log")
+    except RuntimeError as e:
+        raise SystemExit(str(e))
+    info = server.info
     spec = args.logdir / ("%s.spec" % tag)
     write_spec(spec, selected, sym, info["port"], info["control"], close_timeout, jobs, vg)
 
@@ -385,54 +359,46 @@ def main():
     vg_log = None
     if vg:
         vg_log = args.logdir / ("%s.valgrind.log" % tag)
-        supp = [SUPPRESSIONS] + [p.resolve() for p in args.suppressions]
-        argv = VALGRIND + ["--suppressions=%s" % s for s in supp if s.exists()] + \
-            ["--log-file=%s" % vg_log] + argv
+        supp = [p for p in args.suppressions if p.exists()]
+        argv = valgrind_argv(vg_log, supp, gen_suppressions=False) + argv
         env["PJWS_UNDER_VALGRIND"] = "1"
 
     print("# conformance: %d cases, %d jobs, close timeout %d ms%s; server ws://127.0.0.1:%d; logs %s" %
           (len(selected), jobs, close_timeout, ", under valgrind" if vg else "", info["port"], args.logdir),
           flush=True)
-    t0 = time.monotonic()
     results = {}
-    out_log = open(args.logdir / ("%s.out" % tag), "w")
-    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-                         start_new_session=True, text=True, errors="replace")
-    timer = threading.Timer(timeout, lambda: os.killpg(p.pid, signal.SIGKILL))
-    timer.start()
-    try:
-        for line in p.stdout:
-            out_log.write(line)
-            line = line.rstrip("\n")
-            m = CASE_RE.match(line)
-            if not m:
-                if args.verbose and line and not line.startswith("#"):
-                    print(line)
-                continue
-            kind, cid, why = m.groups()
-            results[cid] = (kind, why or "")
-            if kind != "ok" or args.verbose:
-                print(line, flush=True)
-        rc = p.wait()
-    finally:
-        timer.cancel()
-        out_log.close()
-        stop_server(proc)
-        slog.close()
-    secs = time.monotonic() - t0
 
-    failures = []
+    def echo(line):
+        m = CASE_RE.match(line)
+        if not m:
+            if args.verbose and line and not line.startswith("#"):
+                print(line)
+            return
+        kind, cid, why = m.groups()
+        results[cid] = (kind, why or "")
+        if kind != "ok" or args.verbose:
+            print(line, flush=True)
+
+    try:
+        rc, _, _, secs = run_process(argv, env, timeout, args.logdir / ("%s.out" % tag), echo=echo)
+    finally:
+        server.stop()
+
+    res = Results()
     for c in selected:
         if c.id not in results:
-            failures.append("%s: no result from the driver" % c.id)
-    failures += ["%s: %s" % (cid, why) for cid, (kind, why) in results.items() if kind == "not ok"]
-    if rc == 99 and vg:
-        failures.append("valgrind reported errors (see %s)" % vg_log)
+            res.fail("%s: no result from the driver" % c.id)
+    for cid, (kind, why) in results.items():
+        if kind == "not ok":
+            res.fail("%s: %s" % (cid, why))
+    if rc == VALGRIND_ERROR_EXIT and vg:
+        res.fail("valgrind reported errors (see %s)" % vg_log)
     elif rc < 0:
-        failures.append("driver killed by signal %d (timeout %d s?)" % (-rc, timeout))
+        res.fail("driver killed by signal %d (timeout %d s?)" % (-rc, timeout))
     elif rc != 0 and not any(k == "not ok" for k, _ in results.values()):
-        failures.append("driver exited with status %d" % rc)
-    failures += ["case table: " + p for p in problems]
+        res.fail("driver exited with status %d" % rc)
+    for p in problems:
+        res.fail("case table: " + p)
 
     # Per-rule tally.
     tally = defaultdict(lambda: [0, 0, 0])
@@ -445,15 +411,11 @@ def main():
         if rid in tally:
             ok, bad, sk = tally[rid]
             print("# %-28s %4d %5d %5d%s" % (rid, ok, bad, sk, "   <-- FAILING" if bad else ""))
-    n_ok = sum(1 for k, _ in results.values() if k == "ok")
-    n_skip = sum(1 for k, _ in results.values() if k == "SKIPPED")
-    print("# %.1f s%s" % (secs, ", %d skipped" % n_skip if n_skip else ""))
-    if failures:
-        print("Failures:")
-        for f in failures:
-            print("  " + f)
-    print("%d passed, %d failed" % (n_ok, len(failures)))
-    return 1 if failures else 0
+    res.ok(sum(1 for k, _ in results.values() if k == "ok"))
+    res.skip(sum(1 for k, _ in results.values() if k == "SKIPPED"))
+    print("# %.1f s%s" % (secs, ", %d skipped" % res.skipped if res.skipped else ""))
+    # the skipped count stays on the line above: the closing line has none
+    return res.report(show_skipped=False)
 
 
 if __name__ == "__main__":

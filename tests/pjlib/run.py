@@ -37,66 +37,25 @@ failing cases, and at the end one line "<P> passed, <F> failed, <S> skipped"
 
 import argparse
 import glob
-import json
 import os
 import re
-import resource
-import select
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 SERVERS = HERE.parent / "servers"
-SUPPRESSIONS = [HERE.parent / "valgrind.supp", HERE / "pjlib.supp"]
+PJLIB_SUPP = HERE / "pjlib.supp"
+sys.path.insert(0, str(HERE.parent))
+from harness import (VALGRIND_ERROR_EXIT, Results, Server, abnormal_end, give_up, run_process,  # noqa: E402
+                     say, tally_run, valgrind_argv, valgrind_summary)
 
 CC = os.environ.get("CC", "cc")
 CFLAGS_COMMON = ["-std=gnu11", "-D_GNU_SOURCE", "-g", "-O1", "-Wall", "-Wextra", "-Werror"]
-
-VALGRIND_ARGS = [
-    "valgrind",
-    "--error-exitcode=99",
-    "--leak-check=full",
-    "--show-leak-kinds=definite,indirect,possible",
-    "--errors-for-leak-kinds=definite,indirect,possible",
-    "--num-callers=40",
-    "--gen-suppressions=all",
-]
-VALGRIND_ERROR_EXIT = 99
-CASE_RE = re.compile(r"^(ok|not ok|SKIPPED) - (.*)$")
-
-
-class Results:
-    def __init__(self):
-        self.passed = 0
-        self.failed = []
-        self.skipped = 0
-
-    def ok(self, n=1):
-        self.passed += n
-
-    def fail(self, text):
-        self.failed.append(text)
-
-    def skip(self, n=1):
-        self.skipped += n
-
-
-def say(*a):
-    print(*a, flush=True)
-
-
-def signame(rc):
-    try:
-        return signal.Signals(-rc).name
-    except ValueError:
-        return "signal %d" % -rc
 
 
 # ---------------------------------------------------------------------------
@@ -192,45 +151,6 @@ def find_pjproject(args):
 
 
 # ---------------------------------------------------------------------------
-# Peers
-
-class Server:
-    def __init__(self, name, argv, logdir, nofile=None):
-        self.name = name
-        self.log_path = logdir / ("%s.log" % name)
-        self.log = open(self.log_path, "wb")
-
-        def raise_nofile():
-            # 1000 concurrent connections need more than the usual 1024
-            if nofile:
-                soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-                want = hard if hard == resource.RLIM_INFINITY else min(max(soft, nofile), hard)
-                resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-
-        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
-                                     cwd=str(SERVERS), preexec_fn=raise_nofile)
-        r, _, _ = select.select([self.proc.stdout], [], [], 20)
-        line = self.proc.stdout.readline() if r else b""
-        if not line:
-            self.stop()
-            raise RuntimeError("%s did not report its port (see %s)" % (name, self.log_path))
-        self.info = json.loads(line)
-
-    def alive(self):
-        return self.proc.poll() is None
-
-    def stop(self):
-        if self.proc.poll() is None:
-            try:
-                self.proc.stdin.close()
-                self.proc.wait(5)
-            except (OSError, subprocess.TimeoutExpired):
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
-
-
-# ---------------------------------------------------------------------------
 # Building and running
 
 def compile_c(argv, what, res, logdir):
@@ -245,67 +165,9 @@ def compile_c(argv, what, res, logdir):
     return True
 
 
-def run_process(argv, env, timeout, log_path, cwd=None):
-    """Runs argv in its own process group; returns (rc, output, timed_out, seconds)."""
-    t0 = time.monotonic()
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=cwd,
-                                start_new_session=True)
-        chunks = []
-
-        def reader():
-            for chunk in iter(lambda: proc.stdout.read1(65536), b""):
-                chunks.append(chunk)
-                log.write(chunk)
-                log.flush()
-
-        th = threading.Thread(target=reader, daemon=True)
-        th.start()
-        timed_out = False
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait()
-        th.join(5)
-    return proc.returncode, b"".join(chunks).decode("utf-8", "replace"), timed_out, time.monotonic() - t0
-
-
-def valgrind_argv(log_path):
-    supp = ["--suppressions=%s" % p for p in SUPPRESSIONS if p.exists()]
-    return VALGRIND_ARGS + supp + ["--log-file=%s" % log_path]
-
-
-def valgrind_summary(log_path: Path, frames=12, max_blocks=6):
-    try:
-        text = log_path.read_text(errors="replace")
-    except OSError:
-        return "    (no valgrind log)"
-    body = [re.sub(r"^==\d+== ?", "", l) for l in text.splitlines() if l.startswith("==")]
-    blocks, cur = [], []
-    for l in body + [""]:
-        if l.strip():
-            cur.append(l)
-        elif cur:
-            blocks.append(cur)
-            cur = []
-    out, shown = [], 0
-    heads = ("Invalid ", "Conditional jump", "Use of uninitialised", "Syscall param", "Mismatched free",
-             "Source and destination overlap", "Argument ", "Jump to the invalid", "Process terminating")
-    for b in blocks:
-        if b[0].startswith(heads) or re.search(r"bytes in \d+ blocks are (definitely|indirectly|possibly)", b[0]):
-            if shown < max_blocks:
-                out.extend("    | " + l for l in b[:frames + 1])
-            shown += 1
-    if shown > max_blocks:
-        out.append("    | ... %d more error reports" % (shown - max_blocks))
-    out.extend("    | " + l for l in body if l.startswith("ERROR SUMMARY"))
-    out.append("    | full log: %s" % log_path)
-    return "\n".join(out)
+def pj_valgrind_argv(log_path):
+    """valgrind_argv, with tests/pjlib/pjlib.supp too when it exists."""
+    return valgrind_argv(log_path, [PJLIB_SUPP] if PJLIB_SUPP.exists() else [])
 
 
 def run_test_binary(label, argv, env, res, logdir, timeout, vg=False):
@@ -318,63 +180,22 @@ def run_test_binary(label, argv, env, res, logdir, timeout, vg=False):
     env = dict(env)
     if vg:
         vg_log = logdir / ("%s.valgrind.log" % slug)
-        argv = valgrind_argv(vg_log) + argv
+        argv = pj_valgrind_argv(vg_log) + argv
         env["PJWS_UNDER_VALGRIND"] = "1"
     rc, out, timed_out, secs = run_process(argv, env, timeout, log_path)
-    n_ok = n_fail = n_skip = 0
-    lines = []
-    running = None
-    last_started = None
-    for line in out.splitlines():
-        if line.startswith("# running "):
-            running = last_started = line[len("# running "):]
-            continue
-        m = CASE_RE.match(line)
-        if not m:
-            continue
-        kind, rest = m.groups()
-        running = None
-        if kind == "ok":
-            n_ok += 1
-        elif kind == "not ok":
-            n_fail += 1
-            res.fail("%s: %s" % (label, rest))
-            lines.append("    not ok - %s" % rest)
-        else:
-            n_skip += 1
-            lines.append("    SKIPPED - %s" % rest)
-    res.ok(n_ok)
-    res.skip(n_skip)
-    problems = []
+    t = tally_run(label, out, rc, timed_out, timeout, vg_log, res)
     # the program ended early (crash, hang, or it stopped itself)
-    died_in = last_started if (timed_out or rc not in (0, 1, VALGRIND_ERROR_EXIT)) else None
-    if timed_out:
-        problems.append("timed out after %d s%s" % (timeout, "; case running: %s" % running if running else ""))
-    elif vg and rc == VALGRIND_ERROR_EXIT:
-        problems.append("valgrind reported errors (log: %s)" % vg_log)
-    elif rc < 0:
-        problems.append("crashed with %s%s" % (signame(rc), "; case running: %s" % running if running else ""))
-    elif rc not in (0, 1) and n_fail:
+    died_in = t.last_started if (timed_out or rc not in (0, 1, VALGRIND_ERROR_EXIT)) else None
+    if not t.problems and rc not in (0, 1) and t.failed:
         # the watchdog (3) or a case that left live instances (4) stopped
         # the program after reporting the failure: nothing to add
-        lines.append("    (stopped early, exit status %d, after: %s)" % (rc, last_started))
-    elif rc != 0 and n_fail == 0:
-        problems.append("exited with status %d but reported no failing case%s"
-                        % (rc, "; case running: %s" % running if running else ""))
-    elif rc == 0 and n_fail:
-        problems.append("exited 0 although %d case(s) failed" % n_fail)
-    if n_ok + n_fail + n_skip == 0 and not problems:
-        problems.append("reported no test case")
-    for p in problems:
-        res.fail("%s: %s" % (label, p))
-        lines.append("    FAILED: %s" % p)
-        n_fail += 1
-    say("%-44s %4d passed %3d failed %3d skipped %8.1f s" % (label, n_ok, n_fail, n_skip, secs))
-    for l in lines:
+        t.lines.append("    (stopped early, exit status %d, after: %s)" % (rc, t.last_started))
+    say("%-44s %4d passed %3d failed %3d skipped %8.1f s" % (label, t.ok, t.failed, t.skipped, secs))
+    for l in t.lines:
         say(l)
     if vg and rc == VALGRIND_ERROR_EXIT:
-        say(valgrind_summary(vg_log))
-    if problems and not (vg and rc == VALGRIND_ERROR_EXIT):
+        say(valgrind_summary(vg_log, frames=12))
+    if t.problems and not (vg and rc == VALGRIND_ERROR_EXIT):
         say("    --- last output lines (%s) ---" % log_path)
         say("\n".join("    | " + l for l in out.splitlines()[-25:]))
     return died_in
@@ -479,27 +300,22 @@ def run_websock_test(exe, env, res, logdir, timeout, vg):
     vg_log = None
     if vg:
         vg_log = logdir / "pjlib-util-test.websock_test.valgrind.log"
-        argv = valgrind_argv(vg_log) + argv
+        argv = pj_valgrind_argv(vg_log) + argv
     say("# %s" % " ".join(argv[-2:]))
     rc, out, timed_out, secs = run_process(argv, env, timeout, log_path, cwd=str(exe.parent))
     stat = re.search(r"Number of failed test:\s*(\d+)", out)
     ran = re.search(r"Number of test run:\s*(\d+)", out)
-    why = None
-    if timed_out:
-        why = "timed out after %d s" % timeout
-    elif vg and rc == VALGRIND_ERROR_EXIT:
-        why = "valgrind reported errors (log: %s)" % vg_log
-    elif rc < 0:
-        why = "crashed with %s" % signame(rc)
-    elif rc != 0 or not stat or stat.group(1) != "0":
-        why = "exit status %d, %s" % (rc, "failed tests: %s" % stat.group(1) if stat else "no statistics printed")
-    elif not ran or ran.group(1) != "1":
-        why = "websock_test did not run (tests run: %s)" % (ran.group(1) if ran else "?")
+    why = abnormal_end(rc, timed_out, timeout, vg_log)
+    if why is None:
+        if rc != 0 or not stat or stat.group(1) != "0":
+            why = "exit status %d, %s" % (rc, "failed tests: %s" % stat.group(1) if stat else "no statistics printed")
+        elif not ran or ran.group(1) != "1":
+            why = "websock_test did not run (tests run: %s)" % (ran.group(1) if ran else "?")
     if why:
         res.fail("%s: %s" % (name, why))
         say("not ok - %s: %s (%.1f s)" % (name, why, secs))
         if vg_log and rc == VALGRIND_ERROR_EXIT:
-            say(valgrind_summary(vg_log))
+            say(valgrind_summary(vg_log, frames=12))
         else:
             say("    --- last output lines (%s) ---" % log_path)
             say("\n".join("    | " + l for l in out.splitlines()[-30:]))
@@ -533,13 +349,9 @@ def main():
     passes = ([] if args.valgrind_only else [False]) + ([True] if args.valgrind else [])
 
     if not (libdir / "libpjwebsock.so").exists():
-        say("not ok - setup: %s/libpjwebsock.so not found (make lib)" % libdir)
-        say("0 passed, 1 failed, 0 skipped")
-        return 1
+        return give_up("not ok - setup: %s/libpjwebsock.so not found (make lib)" % libdir)
     if args.valgrind and not shutil.which("valgrind"):
-        say("not ok - setup: valgrind not found")
-        say("0 passed, 1 failed, 0 skipped")
-        return 1
+        return give_up("not ok - setup: valgrind not found")
 
     pjws = ["-I%s" % (ROOT / "include")]
     link_pjws = ["-L%s" % libdir, "-lpjwebsock", "-Wl,-rpath,%s" % libdir]
@@ -579,10 +391,12 @@ def main():
         for k in ("WS_ECHO_URL", "WS_RAW_URL", "PJWS_UNDER_VALGRIND"):
             env.pop(k, None)
         if driver:
+            # 1000 concurrent connections need more than the usual 1024 descriptors
             ws = Server("ws_server", [sys.executable, str(SERVERS / "ws_server.py"), "--watch-stdin",
-                                      "--no-ipv6"], logdir, nofile=4096)
+                                      "--no-ipv6"], logdir / "ws_server.log", cwd=SERVERS, nofile=4096)
             servers.append(ws)
-            raw = Server("raw_server", [sys.executable, str(SERVERS / "raw_server.py"), "--watch-stdin"], logdir)
+            raw = Server("raw_server", [sys.executable, str(SERVERS / "raw_server.py"), "--watch-stdin"],
+                         logdir / "raw_server.log", cwd=SERVERS)
             servers.append(raw)
             env["WS_ECHO_URL"] = "ws://127.0.0.1:%d" % ws.info["port"]
             env["WS_RAW_URL"] = "ws://127.0.0.1:%d" % raw.info["port"]
@@ -617,13 +431,7 @@ def main():
         for s in servers:
             s.stop()
 
-    say("== total %.1f s ==" % (time.monotonic() - t_start))
-    if res.failed:
-        say("Failures:")
-        for f in res.failed:
-            say("  " + f)
-    say("%d passed, %d failed, %d skipped" % (res.passed, len(res.failed), res.skipped))
-    return 1 if res.failed else 0
+    return res.report(t_start)
 
 
 if __name__ == "__main__":

@@ -920,6 +920,45 @@ static void url_of(char *buf, size_t size, const char *base, const char *path)
 }
 
 /* ------------------------------------------------------------------ */
+/* Most cases: one instance, with a loop and a pool of its own         */
+
+typedef struct fixture {
+    unsigned base;     /* the library's live count before the case */
+    loop L;
+    pj_pool_t *pool;   /* the application's pool the instance is created from */
+    inst c;
+} fixture;
+
+/* Starts f->L (64 handles), creates the pool and initialises f->c on the
+ * loop; 0 (the case has failed) if the loop did not start. */
+static int fixture_start(tcase *tc, fixture *f, const char *pool_name, int threads)
+{
+    f->base = pj_websock_get_live_count();
+    if (!loop_start(tc, &f->L, 64))
+        return 0;
+    f->pool = pj_pool_create(g_pf, pool_name, 1000, 1000, NULL);
+    inst_init(&f->c, &f->L, threads);
+    return 1;
+}
+
+/* Destroys the instance (unless a callback did), waits until the library
+ * has freed it, and checks the per-instance invariants. */
+static void fixture_check(tcase *tc, fixture *f)
+{
+    inst_destroy(&f->c);
+    settle(tc, f->base, tmo(10000));
+    check_inst(tc, &f->c, "instance");
+}
+
+/* Frees the instance's test state, the pool and the loop. */
+static void fixture_free(fixture *f)
+{
+    inst_free(&f->c);
+    pj_pool_release(f->pool);
+    loop_stop(&f->L);
+}
+
+/* ------------------------------------------------------------------ */
 /* a. callbacks on the poll threads, never overlapping                 */
 
 #define A_INST 4
@@ -1021,37 +1060,29 @@ static void case_a2(tcase *tc)
 static void case_b(tcase *tc)
 {
     static const size_t sizes[] = {0, 1, 125, 126, 65535, 65536, 1 * MiB, 16 * MiB};
-    loop L;
-    inst c;
+    fixture f;
+    inst *c = &f.c;
     char url[300];
-    unsigned base = pj_websock_get_live_count();
-    pj_pool_t *pool;
-    if (!loop_start(tc, &L, 64))
+    if (!fixture_start(tc, &f, "app-b", THREADS_ANY))
         return;
-    pool = pj_pool_create(g_pf, "app-b", 1000, 1000, NULL);
-    inst_init(&c, &L, THREADS_ANY);
     pj_websock_param p;
-    inst_param(&c, &p);
+    inst_param(c, &p);
     p.max_rx_msg_size = 17 * MiB;
-    pj_status_t rc = inst_create(&c, pool, &p);
+    pj_status_t rc = inst_create(c, f.pool, &p);
     REQUIRE(tc, rc == PJ_SUCCESS, "pj_websock_create: %s", st(rc));
     url_of(url, sizeof(url), g_echo_url, "/b");
-    REQUIRE(tc, inst_open(tc, &c, pool, url), "open");
+    REQUIRE(tc, inst_open(tc, c, f.pool, url), "open");
     for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); ++i) {
-        if (!echo_check(tc, &c, PJ_WEBSOCK_OP_TEXT, sizes[i], i))
+        if (!echo_check(tc, c, PJ_WEBSOCK_OP_TEXT, sizes[i], i))
             goto out;
-        if (!echo_check(tc, &c, PJ_WEBSOCK_OP_BIN, sizes[i], i + 3))
+        if (!echo_check(tc, c, PJ_WEBSOCK_OP_BIN, sizes[i], i + 3))
             goto out;
     }
-    REQUIRE(tc, inst_close_wait(tc, &c), "close");
-    CHECK(tc, c.close_code == 1000, "on_close code %u, want 1000", c.close_code);
+    REQUIRE(tc, inst_close_wait(tc, c), "close");
+    CHECK(tc, c->close_code == 1000, "on_close code %u, want 1000", c->close_code);
 out:
-    inst_destroy(&c);
-    settle(tc, base, tmo(10000));
-    check_inst(tc, &c, "instance");
-    inst_free(&c);
-    pj_pool_release(pool);
-    loop_stop(&L);
+    fixture_check(tc, &f);
+    fixture_free(&f);
 }
 
 /* ------------------------------------------------------------------ */
@@ -1170,82 +1201,78 @@ static void d_note_threads(inst *c, const char *label)
     g_d_threads_bad += w;
 }
 
+/* Creates the instance with keep-alive pings every 200 ms. */
+static int d_create(tcase *tc, inst *c, pj_pool_t *pool)
+{
+    pj_status_t rc = inst_create(c, pool, NULL);
+    if (rc != PJ_SUCCESS) {
+        fail_at(tc, __FILE__, __LINE__, "pj_websock_create: %s", st(rc));
+        return 0;
+    }
+    rc = pj_websock_set_ping_interval_ms(c->ws, 200);
+    if (rc != PJ_SUCCESS) {
+        fail_at(tc, __FILE__, __LINE__, "set_ping_interval_ms: %s", st(rc));
+        return 0;
+    }
+    return 1;
+}
+
 /* raw_server.py's /count-pings?n=3 sends "pings=3" after the third ping */
 static void case_d1(tcase *tc)
 {
-    loop L;
-    inst c;
+    fixture f;
+    inst *c = &f.c;
     char url[300];
-    unsigned base = pj_websock_get_live_count();
-    pj_pool_t *pool;
-    if (!loop_start(tc, &L, 64))
+    if (!fixture_start(tc, &f, "app-d1", THREADS_POLL))
         return;
-    pool = pj_pool_create(g_pf, "app-d1", 1000, 1000, NULL);
-    inst_init(&c, &L, THREADS_POLL);
-    pj_status_t rc = inst_create(&c, pool, NULL);
-    REQUIRE(tc, rc == PJ_SUCCESS, "pj_websock_create: %s", st(rc));
-    rc = pj_websock_set_ping_interval_ms(c.ws, 200);
-    REQUIRE(tc, rc == PJ_SUCCESS, "set_ping_interval_ms: %s", st(rc));
+    if (!d_create(tc, c, f.pool))
+        goto out;
     url_of(url, sizeof(url), g_raw_url, "/count-pings?n=3");
     double t0 = now_ms();
-    REQUIRE(tc, inst_open(tc, &c, pool, url), "open");
-    REQUIRE(tc, wait_rx(&c, 1, tmo(10000)), "the server saw fewer than 3 pings within %d ms", tmo(10000));
+    REQUIRE(tc, inst_open(tc, c, f.pool, url), "open");
+    REQUIRE(tc, wait_rx(c, 1, tmo(10000)), "the server saw fewer than 3 pings within %d ms", tmo(10000));
     double dt = now_ms() - t0;
-    CHECK(tc, c.msgs[0].op == PJ_WEBSOCK_OP_TEXT && strcmp((const char *)c.msgs[0].data, "pings=3") == 0,
-          "unexpected message '%s'", (const char *)c.msgs[0].data);
+    CHECK(tc, c->msgs[0].op == PJ_WEBSOCK_OP_TEXT && strcmp((const char *)c->msgs[0].data, "pings=3") == 0,
+          "unexpected message '%s'", (const char *)c->msgs[0].data);
     printf("# 3 pings seen by the server %.0f ms after connect\n", dt);
     if (!under_valgrind())
         CHECK(tc, dt >= 500, "3 pings at 200 ms intervals after only %.0f ms", dt);
-    CHECK(tc, c.n_close == 0, "on_close(%u) while the peer answers pings", c.close_code);
-    CHECK(tc, pj_websock_get_state(c.ws) == PJ_WEBSOCK_STATE_OPEN, "not OPEN after the pings");
-    REQUIRE(tc, inst_close_wait(tc, &c), "close");
+    CHECK(tc, c->n_close == 0, "on_close(%u) while the peer answers pings", c->close_code);
+    CHECK(tc, pj_websock_get_state(c->ws) == PJ_WEBSOCK_STATE_OPEN, "not OPEN after the pings");
+    REQUIRE(tc, inst_close_wait(tc, c), "close");
 out:
-    inst_destroy(&c);
-    settle(tc, base, tmo(10000));
-    check_inst(tc, &c, "instance");
+    fixture_check(tc, &f);
     if (!tc->failed)
-        d_note_threads(&c, "d1");
-    inst_free(&c);
-    pj_pool_release(pool);
-    loop_stop(&L);
+        d_note_threads(c, "d1");
+    fixture_free(&f);
 }
 
 /* ws_server.py's /silent never reads nor answers: the ping timeout fails
  * the connection from a timer callback */
 static void case_d2(tcase *tc)
 {
-    loop L;
-    inst c;
+    fixture f;
+    inst *c = &f.c;
     char url[300];
-    unsigned base = pj_websock_get_live_count();
-    pj_pool_t *pool;
-    if (!loop_start(tc, &L, 64))
+    if (!fixture_start(tc, &f, "app-d2", THREADS_POLL))
         return;
-    pool = pj_pool_create(g_pf, "app-d2", 1000, 1000, NULL);
-    inst_init(&c, &L, THREADS_POLL);
-    pj_status_t rc = inst_create(&c, pool, NULL);
-    REQUIRE(tc, rc == PJ_SUCCESS, "pj_websock_create: %s", st(rc));
-    rc = pj_websock_set_ping_interval_ms(c.ws, 200);
-    REQUIRE(tc, rc == PJ_SUCCESS, "set_ping_interval_ms: %s", st(rc));
+    if (!d_create(tc, c, f.pool))
+        goto out;
     url_of(url, sizeof(url), g_echo_url, "/silent");
     double t0 = now_ms();
-    REQUIRE(tc, inst_open(tc, &c, pool, url), "open");
-    REQUIRE(tc, wait_close(&c, tmo(10000)), "no on_close within %d ms from a silent peer", tmo(10000));
+    REQUIRE(tc, inst_open(tc, c, f.pool, url), "open");
+    REQUIRE(tc, wait_close(c, tmo(10000)), "no on_close within %d ms from a silent peer", tmo(10000));
     printf("# dead peer reported %.0f ms after connect\n", now_ms() - t0);
-    CHECK(tc, c.close_code == 0, "on_close code %u, want 0", c.close_code);
-    CHECK(tc, c.close_info.status == PJ_WEBSOCK_EPINGTIMEOUT, "close status %s, want PJ_WEBSOCK_EPINGTIMEOUT",
-          st(c.close_info.status));
-    CHECK(tc, c.close_info.initiator == PJ_WEBSOCK_CLOSE_TIMEOUT, "close initiator %d, want TIMEOUT",
-          (int)c.close_info.initiator);
+    CHECK(tc, c->close_code == 0, "on_close code %u, want 0", c->close_code);
+    CHECK(tc, c->close_info.status == PJ_WEBSOCK_EPINGTIMEOUT, "close status %s, want PJ_WEBSOCK_EPINGTIMEOUT",
+          st(c->close_info.status));
+    CHECK(tc, c->close_info.initiator == PJ_WEBSOCK_CLOSE_TIMEOUT, "close initiator %d, want TIMEOUT",
+          (int)c->close_info.initiator);
 out:
-    inst_destroy(&c);
-    settle(tc, base, tmo(10000));
-    check_inst(tc, &c, "instance");
+    fixture_check(tc, &f);
     if (!tc->failed)
-        d_note_threads(&c, "d2");
-    inst_free(&c);
-    pj_pool_release(pool);
-    loop_stop(&L);
+        d_note_threads(c, "d2");
+    fixture_free(&f);
 }
 
 static void case_d3(tcase *tc)
@@ -1262,52 +1289,43 @@ static void case_d3(tcase *tc)
 
 static void case_e(tcase *tc, int where)
 {
-    loop L;
-    inst c;
+    fixture f;
+    inst *c = &f.c;
     char url[300];
-    unsigned base = pj_websock_get_live_count();
-    pj_pool_t *pool;
-    if (!loop_start(tc, &L, 64))
+    if (!fixture_start(tc, &f, "app-e", THREADS_ANY))
         return;
-    pool = pj_pool_create(g_pf, "app-e", 1000, 1000, NULL);
-    inst_init(&c, &L, THREADS_ANY);
-    c.destroy_in = where;
-    c.spin = 2000;   /* stay in the callback a while after destroy */
-    pj_status_t rc = inst_create(&c, pool, NULL);
+    c->destroy_in = where;
+    c->spin = 2000;   /* stay in the callback a while after destroy */
+    pj_status_t rc = inst_create(c, f.pool, NULL);
     REQUIRE(tc, rc == PJ_SUCCESS, "pj_websock_create: %s", st(rc));
     if (where == DESTROY_IN_CONNECT) {
         url_of(url, sizeof(url), g_echo_url, "/e1");
-        REQUIRE(tc, inst_connect(tc, &c, url), "connect");
+        REQUIRE(tc, inst_connect(tc, c, url), "connect");
     } else if (where == DESTROY_IN_RX) {
         /* The server sends 20 messages right after the handshake; the
          * first on_rx_msg destroys the instance with the rest pending.
          * (Sending them from here would race with that destroy: the API
          * must not be called on a destroyed instance.) */
         url_of(url, sizeof(url), g_echo_url, "/flood?size=64&count=20");
-        REQUIRE(tc, inst_connect(tc, &c, url), "connect");
+        REQUIRE(tc, inst_connect(tc, c, url), "connect");
     } else {
         /* the peer closes right after the handshake */
         url_of(url, sizeof(url), g_echo_url, "/close?code=4001&reason=bye");
-        REQUIRE(tc, inst_open(tc, &c, pool, url), "open");
+        REQUIRE(tc, inst_open(tc, c, f.pool, url), "open");
     }
-    REQUIRE(tc, inst_wait(&c, p_destroyed, NULL, tmo(15000)), "the callback that destroys never came");
-    CHECK(tc, c.destroy_rc == PJ_SUCCESS, "pj_websock_destroy in the callback: %s", st(c.destroy_rc));
-    settle(tc, base, tmo(10000));
+    REQUIRE(tc, inst_wait(c, p_destroyed, NULL, tmo(15000)), "the callback that destroys never came");
+    CHECK(tc, c->destroy_rc == PJ_SUCCESS, "pj_websock_destroy in the callback: %s", st(c->destroy_rc));
+    settle(tc, f.base, tmo(10000));
     /* a stray callback would come from the poll threads: give them a few
      * more polls (detection window only; success does not depend on it) */
     sleep_ms(300);
     if (where == DESTROY_IN_RX)
-        CHECK(tc, c.n_rx == 1, "%zu messages delivered, want 1 (destroyed in the first)", c.n_rx);
+        CHECK(tc, c->n_rx == 1, "%zu messages delivered, want 1 (destroyed in the first)", c->n_rx);
     if (where == DESTROY_IN_CLOSE)
-        CHECK(tc, c.close_code == 4001, "on_close code %u, want 4001", c.close_code);
+        CHECK(tc, c->close_code == 4001, "on_close code %u, want 4001", c->close_code);
 out:
-    if (!atomic_load(&c.destroyed))
-        inst_destroy(&c);
-    settle(tc, base, tmo(10000));
-    check_inst(tc, &c, "instance");
-    inst_free(&c);
-    pj_pool_release(pool);
-    loop_stop(&L);
+    fixture_check(tc, &f);
+    fixture_free(&f);
 }
 
 static void case_e1(tcase *tc) { case_e(tc, DESTROY_IN_CONNECT); }
@@ -1400,34 +1418,26 @@ static void case_f2(tcase *tc)
 
 static void case_g(tcase *tc)
 {
-    loop L;
-    inst c;
+    fixture f;
+    inst *c = &f.c;
     char url[300], names[1200];
-    unsigned base = pj_websock_get_live_count();
-    pj_pool_t *pool;
     int tasks, want;
-    if (!loop_start(tc, &L, 64))
+    if (!fixture_start(tc, &f, "app-g", THREADS_ANY))
         return;
-    pool = pj_pool_create(g_pf, "app-g", 1000, 1000, NULL);
-    inst_init(&c, &L, THREADS_ANY);
     /* an IP literal: no name resolution (which may use worker threads) */
     url_of(url, sizeof(url), g_echo_url, "/g");
     REQUIRE(tc, strstr(url, "://127.0.0.1:") != NULL, "WS_ECHO_URL is not an IPv4 literal: %s", url);
-    REQUIRE(tc, inst_open(tc, &c, pool, url), "open");
-    REQUIRE(tc, echo_check(tc, &c, PJ_WEBSOCK_OP_TEXT, 100, 0), "echo");
+    REQUIRE(tc, inst_open(tc, c, f.pool, url), "open");
+    REQUIRE(tc, echo_check(tc, c, PJ_WEBSOCK_OP_TEXT, 100, 0), "echo");
     tasks = count_tasks(names, sizeof(names));
     want = 1 + atomic_load(&g_own_threads);
     printf("# threads: %s\n", names);
     CHECK(tc, tasks == want, "%d threads during an open connection, want %d (main + %d started by the test): %s",
           tasks, want, want - 1, names);
-    REQUIRE(tc, inst_close_wait(tc, &c), "close");
+    REQUIRE(tc, inst_close_wait(tc, c), "close");
 out:
-    inst_destroy(&c);
-    settle(tc, base, tmo(10000));
-    check_inst(tc, &c, "instance");
-    inst_free(&c);
-    pj_pool_release(pool);
-    loop_stop(&L);
+    fixture_check(tc, &f);
+    fixture_free(&f);
 }
 
 /* ------------------------------------------------------------------ */
@@ -1522,30 +1532,24 @@ out:
 
 static void case_i(tcase *tc)
 {
-    loop L;
-    inst c;
+    fixture f;
+    inst *c = &f.c;
     char url[300];
-    unsigned base = pj_websock_get_live_count();
-    pj_pool_t *pool;
-    /* poll threads run meanwhile, so that "not on a poll thread" means
-     * something */
-    if (!loop_start(tc, &L, 64))
+    /* f.L's poll threads run meanwhile, so that "not on a poll thread"
+     * means something, but the instance is not on that loop: NULL
+     * ioqueue and timer heap, the library's own event loop */
+    if (!fixture_start(tc, &f, "app-i", THREADS_NOT_POLL))
         return;
-    pool = pj_pool_create(g_pf, "app-i", 1000, 1000, NULL);
-    inst_init(&c, NULL, THREADS_NOT_POLL);
+    c->L = NULL;
     url_of(url, sizeof(url), g_echo_url, "/i");
-    REQUIRE(tc, inst_open(tc, &c, pool, url), "open");
-    REQUIRE(tc, echo_check(tc, &c, PJ_WEBSOCK_OP_TEXT, 1000, 1), "text echo");
-    REQUIRE(tc, echo_check(tc, &c, PJ_WEBSOCK_OP_BIN, 70000, 2), "binary echo");
-    REQUIRE(tc, inst_close_wait(tc, &c), "close");
+    REQUIRE(tc, inst_open(tc, c, f.pool, url), "open");
+    REQUIRE(tc, echo_check(tc, c, PJ_WEBSOCK_OP_TEXT, 1000, 1), "text echo");
+    REQUIRE(tc, echo_check(tc, c, PJ_WEBSOCK_OP_BIN, 70000, 2), "binary echo");
+    REQUIRE(tc, inst_close_wait(tc, c), "close");
 out:
-    inst_destroy(&c);
-    settle(tc, base, tmo(10000));
-    check_inst(tc, &c, "instance");
-    check_threads(tc, &c, "instance");
-    inst_free(&c);
-    pj_pool_release(pool);
-    loop_stop(&L);
+    fixture_check(tc, &f);
+    check_threads(tc, c, "instance");
+    fixture_free(&f);
 }
 
 /* ------------------------------------------------------------------ */
@@ -1561,20 +1565,17 @@ static void on_gl_destroy(void *member)
 
 static void case_j(tcase *tc)
 {
-    loop L;
-    inst c;
+    fixture f;
+    inst *c = &f.c;
     char url[300];
-    unsigned base = pj_websock_get_live_count();
-    pj_pool_t *pool, *gl_pool;
+    pj_pool_t *gl_pool;
     pj_grp_lock_t *gl = NULL;
     int held = 0, ref = -1;
     pool_stat before, now;
-    if (!loop_start(tc, &L, 64))
+    if (!fixture_start(tc, &f, "app-j", THREADS_ANY))
         return;
-    pool = pj_pool_create(g_pf, "app-j", 1000, 1000, NULL);
     gl_pool = pj_pool_create(g_pf, "app-j-gl", 1000, 1000, NULL);
     before = pools_now();
-    inst_init(&c, &L, THREADS_ANY);
     pj_status_t rc = pj_grp_lock_create(gl_pool, NULL, &gl);
     REQUIRE(tc, rc == PJ_SUCCESS, "pj_grp_lock_create: %s", st(rc));
     pj_grp_lock_add_ref(gl);
@@ -1582,15 +1583,15 @@ static void case_j(tcase *tc)
     atomic_store(&g_gl_destroyed, 0);
     pj_grp_lock_add_handler(gl, gl_pool, NULL, &on_gl_destroy);
     pj_websock_param p;
-    inst_param(&c, &p);
+    inst_param(c, &p);
     p.grp_lock = gl;
-    rc = inst_create(&c, pool, &p);
+    rc = inst_create(c, f.pool, &p);
     REQUIRE(tc, rc == PJ_SUCCESS, "pj_websock_create: %s", st(rc));
     url_of(url, sizeof(url), g_echo_url, "/j");
-    REQUIRE(tc, inst_open(tc, &c, pool, url), "open");
-    REQUIRE(tc, echo_check(tc, &c, PJ_WEBSOCK_OP_TEXT, 300, 0), "echo");
-    REQUIRE(tc, inst_close_wait(tc, &c), "close");
-    inst_destroy(&c);
+    REQUIRE(tc, inst_open(tc, c, f.pool, url), "open");
+    REQUIRE(tc, echo_check(tc, c, PJ_WEBSOCK_OP_TEXT, 300, 0), "echo");
+    REQUIRE(tc, inst_close_wait(tc, c), "close");
+    inst_destroy(c);
     /* the instance gives back every reference it took on our lock */
     double end = now_ms() + tmo(10000);
     while ((ref = pj_grp_lock_get_ref(gl)) > 1 && now_ms() < end)
@@ -1603,8 +1604,7 @@ static void case_j(tcase *tc)
     if (rc == PJ_SUCCESS)
         pj_grp_lock_release(gl);
 out:
-    if (!atomic_load(&c.destroyed))
-        inst_destroy(&c);
+    inst_destroy(c);
     if (held) {
         end = now_ms() + tmo(10000);
         while ((ref = pj_grp_lock_get_ref(gl)) > 1 && now_ms() < end)
@@ -1617,7 +1617,7 @@ out:
         held = 0;
         CHECK(tc, atomic_load(&g_gl_destroyed) == 1, "group lock not destroyed by its last dec_ref");
     }
-    settle(tc, base, tmo(10000));
+    settle(tc, f.base, tmo(10000));
     end = now_ms() + tmo(10000);
     now = pools_now();
     while (now.count > before.count && now_ms() < end) {
@@ -1626,13 +1626,11 @@ out:
     }
     CHECK(tc, now.count == before.count, "%lu pools in use after the group lock went, %lu before", now.count,
           before.count);
-    check_inst(tc, &c, "instance");
-    inst_free(&c);
+    check_inst(tc, c, "instance");
     /* a lock the library still references stays (leaked), with its pool */
     if (!held)
         pj_pool_release(gl_pool);
-    pj_pool_release(pool);
-    loop_stop(&L);
+    fixture_free(&f);
 }
 
 /* ------------------------------------------------------------------ */
