@@ -237,8 +237,10 @@ pub fn frame_decode(data: &[u8]) {
         assert_eq!(whole, body);
     }
 
-    // The same bytes as a whole post-handshake stream.
-    check_conn(data, 1 << 16, &[0, data.len()], None);
+    // The same bytes as a whole post-handshake stream, through feed and
+    // with payloads read straight into the message buffer.
+    check_conn(data, 1 << 16, &[0, data.len()], None, None);
+    check_conn(data, 1 << 16, &[0, data.len()], None, Some(1));
 }
 
 // ---------------------------------------------------------------------------
@@ -370,7 +372,16 @@ pub fn conn_state(data: &[u8]) {
     } else {
         None
     };
-    check_conn(stream, max, &bounds, local_close);
+    // Bits 5-6: payloads read straight into the message buffer whenever
+    // at least 1, 64 or 4096 bytes of one are due (as the event loop does
+    // over plain TCP), else everything through feed.
+    let direct = match (cfg >> 5) & 3 {
+        0 => None,
+        1 => Some(1),
+        2 => Some(64),
+        _ => Some(4096),
+    };
+    check_conn(stream, max, &bounds, local_close, direct);
 }
 
 /// What the library or the model reports; errors carry the offset of the
@@ -571,7 +582,13 @@ fn close_body(code: u16, reason: &[u8]) -> Vec<u8> {
 
 /// Feeds `stream` to a `Conn` in the pieces given by `bounds` and checks
 /// every invariant and the agreement with [`model`].
-fn check_conn(stream: &[u8], max: usize, bounds: &[usize], local_close: Option<usize>) {
+fn check_conn(
+    stream: &[u8],
+    max: usize,
+    bounds: &[usize],
+    local_close: Option<usize>,
+    direct: Option<usize>,
+) {
     let mut conn = Conn::new(max);
     let mut out = Vec::new();
     let mut mask = || MASK;
@@ -596,9 +613,30 @@ fn check_conn(stream: &[u8], max: usize, bounds: &[usize], local_close: Option<u
         while pos < b {
             calls += 1;
             assert!(calls <= b - a + 1, "feed makes no progress");
-            let (used, ev) = conn.feed(&stream[pos..b], &mut out, &mut mask);
+            let room = direct.and_then(|min| conn.payload_room(min));
+            let was_direct = room.is_some();
+            let (used, ev) = if let Some(room) = room {
+                assert!(!ended, "payload room after Close/ProtocolError");
+                let n = room.len().min(b - pos);
+                for (d, s) in room.iter_mut().zip(&stream[pos..pos + n]) {
+                    d.write(*s);
+                }
+                // SAFETY: n bytes of the room were written just above.
+                let ev = unsafe { conn.payload_filled(n, &mut out, &mut mask) };
+                // After a failure the rest of the chunk is swallowed, as feed does.
+                let failed = matches!(ev, Some(Event::ProtocolError { .. }));
+                (if failed { b - pos } else { n }, ev)
+            } else {
+                conn.feed(&stream[pos..b], &mut out, &mut mask)
+            };
             assert!(used <= b - pos, "consumed {used} of {}", b - pos);
             let Some(ev) = ev else {
+                if was_direct {
+                    // The room may end before the chunk (the frame ends).
+                    assert!(used > 0, "direct read made no progress");
+                    pos += used;
+                    continue;
+                }
                 assert_eq!(used, b - pos, "no event, yet input left unconsumed");
                 pos = b;
                 continue;
