@@ -42,6 +42,8 @@ pub const DEFAULT_MAX_BUFFERED: usize = 64 * 1024 * 1024;
 /// Payloads with at least this much still due are read straight into
 /// the message buffer (plain TCP, own loop).
 const DIRECT_READ_MIN: usize = 16 * 1024;
+/// Whole messages of one read delivered per release of the instance lock.
+const DELIVER_BATCH: usize = 32;
 /// Reads per readiness event before other connections get their turn.
 const READS_PER_EVENT: usize = 4;
 /// Sends closer together than this (ns) are a burst and get coalesced.
@@ -1542,6 +1544,41 @@ impl Client {
             }
             let mut pos = 0;
             while pos < n {
+                // Whole data messages at the front of the buffer are taken
+                // together and delivered with the lock released once.
+                let mut batch = [(OpCode::Bin, 0usize, 0usize); DELIVER_BATCH];
+                let mut taken = 0;
+                if let Some(conn) = g
+                    .link
+                    .as_ref()
+                    .filter(|l| matches!(l.phase, Phase::Open | Phase::Closing))
+                    .and_then(|l| l.conn.as_deref())
+                {
+                    while taken < DELIVER_BATCH {
+                        let Some((op, data, used)) = conn.whole_message(&buf[pos..n]) else {
+                            break;
+                        };
+                        batch[taken] = (op, pos + used - data.len(), data.len());
+                        taken += 1;
+                        pos += used;
+                    }
+                }
+                if taken > 0 {
+                    drop(g);
+                    for &(op, at, len) in &batch[..taken] {
+                        let data = Payload::Borrowed(&buf[at..at + len]);
+                        self.deliver(Deliver::Message(op, data));
+                        if self.is_destroyed() {
+                            break 'reads;
+                        }
+                    }
+                    g = lock(&self.inner);
+                    match g.link.as_ref() {
+                        Some(l) if l.sock.as_ref().map(|s| s.1) == Some(token) => {}
+                        _ => break 'reads,
+                    }
+                    continue;
+                }
                 let (used, d) = self.process(cx, &mut g, &buf[pos..n]);
                 pos += used;
                 if let Some(d) = d {

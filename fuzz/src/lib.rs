@@ -239,8 +239,8 @@ pub fn frame_decode(data: &[u8]) {
 
     // The same bytes as a whole post-handshake stream, through feed and
     // with payloads read straight into the message buffer.
-    check_conn(data, 1 << 16, &[0, data.len()], None, None);
-    check_conn(data, 1 << 16, &[0, data.len()], None, Some(1));
+    check_conn(data, 1 << 16, &[0, data.len()], None, None, false);
+    check_conn(data, 1 << 16, &[0, data.len()], None, Some(1), true);
 }
 
 // ---------------------------------------------------------------------------
@@ -381,7 +381,9 @@ pub fn conn_state(data: &[u8]) {
         2 => Some(64),
         _ => Some(4096),
     };
-    check_conn(stream, max, &bounds, local_close, direct);
+    // Bit 7: whole messages taken with `whole_message` before `feed` (as
+    // the event loop's batched delivery does).
+    check_conn(stream, max, &bounds, local_close, direct, cfg & 0x80 != 0);
 }
 
 /// What the library or the model reports; errors carry the offset of the
@@ -588,6 +590,7 @@ fn check_conn(
     bounds: &[usize],
     local_close: Option<usize>,
     direct: Option<usize>,
+    batched: bool,
 ) {
     let mut conn = Conn::new(max);
     let mut out = Vec::new();
@@ -613,6 +616,18 @@ fn check_conn(
         while pos < b {
             calls += 1;
             assert!(calls <= b - a + 1, "feed makes no progress");
+            if batched {
+                if let Some((op, data, used)) = conn.whole_message(&stream[pos..b]) {
+                    assert!(!ended, "whole message after Close/ProtocolError");
+                    assert!(used > 0 && used <= b - pos);
+                    if op == OpCode::Text {
+                        assert!(std::str::from_utf8(data).is_ok(), "invalid UTF-8 taken");
+                    }
+                    got.push((Ev::Msg(op as u8, data.to_vec()), pos + used, pos + used));
+                    pos += used;
+                    continue;
+                }
+            }
             let room = direct.and_then(|min| conn.payload_room(min));
             let was_direct = room.is_some();
             let (used, ev) = if let Some(room) = room {

@@ -105,6 +105,29 @@ fn provisional_header(prefix: &[u8]) -> Option<FrameHeader> {
     })
 }
 
+/// The payload of an unfragmented text or binary frame whose header ends
+/// at `pos`, if all of it is in `input`: Ok when valid, Err(()) for text
+/// that is not UTF-8.
+fn whole_payload<'a>(
+    hdr: &FrameHeader,
+    op: OpCode,
+    input: &'a [u8],
+    pos: usize,
+) -> Option<Result<&'a [u8], ()>> {
+    if !hdr.fin || !matches!(op, OpCode::Text | OpCode::Bin) {
+        return None;
+    }
+    let len = usize::try_from(hdr.payload_len).ok()?;
+    let data = input.get(pos..pos.checked_add(len)?)?;
+    if op == OpCode::Text {
+        let mut v = Utf8Validator::new();
+        if v.feed(data).is_err() || !v.is_complete() {
+            return Some(Err(()));
+        }
+    }
+    Some(Ok(data))
+}
+
 /// Receive/close state of one connection. Holds no heap memory until a
 /// message has to be reassembled.
 #[derive(Debug)]
@@ -198,28 +221,18 @@ impl Conn {
                 };
                 // Fast path: an unfragmented message wholly inside `input` is
                 // returned as a slice of it, without copying.
-                if hdr.fin && matches!(op, OpCode::Text | OpCode::Bin) {
-                    let whole = usize::try_from(hdr.payload_len)
-                        .ok()
-                        .and_then(|len| input.get(pos..pos.checked_add(len)?));
-                    if let Some(data) = whole {
-                        if op == OpCode::Text {
-                            self.utf8.reset();
-                            if self.utf8.feed(data).is_err() || !self.utf8.is_complete() {
-                                return self.fail(
-                                    (close::INVALID_DATA, "invalid UTF-8"),
-                                    input,
-                                    out,
-                                    mask,
-                                );
-                            }
-                        }
+                match whole_payload(&hdr, op, input, pos) {
+                    Some(Ok(data)) => {
                         let event = Event::Message {
                             opcode: op,
                             data: Payload::Borrowed(data),
                         };
                         return (pos + data.len(), Some(event));
                     }
+                    Some(Err(())) => {
+                        return self.fail((close::INVALID_DATA, "invalid UTF-8"), input, out, mask)
+                    }
+                    None => {}
                 }
                 self.start_frame(op, &hdr);
             }
@@ -262,6 +275,22 @@ impl Conn {
                 return (pos, Some(Event::Message { opcode, data }));
             }
         }
+    }
+
+    /// A whole, valid, unfragmented text or binary message at the start of
+    /// `input`, when the connection is between frames with no message in
+    /// progress: (opcode, payload, bytes it spans). Changes nothing: `None`
+    /// for anything else (a control frame, a fragment, an incomplete or
+    /// invalid frame), which `feed` then handles. Lets the transport take
+    /// several messages of one read before delivering them.
+    pub fn whole_message<'a>(&self, input: &'a [u8]) -> Option<(OpCode, &'a [u8], usize)> {
+        if self.failed || self.close_received || self.in_payload || self.hdr_len != 0 {
+            return None;
+        }
+        let (hdr, n) = frame::decode_header(input).ok()??;
+        let op = self.check_header(&hdr).ok()?;
+        let data = whole_payload(&hdr, op, input, n)?.ok()?;
+        Some((op, data, n + data.len()))
     }
 
     /// While the payload of a text or binary frame is being read and at
@@ -626,16 +655,19 @@ mod tests {
         conn: &mut Conn,
         chunks: impl IntoIterator<Item = &'c [u8]>,
     ) -> (Vec<Event<'static>>, Vec<u8>) {
-        drive_direct(conn, chunks, None)
+        drive_modes(conn, chunks, None, false)
     }
 
     /// As `drive`; with `direct` = Some(min), payload bytes go through
     /// `payload_room`/`payload_filled` whenever they offer room (as a
-    /// transport reading straight into the message buffer would).
-    fn drive_direct<'c>(
+    /// transport reading straight into the message buffer would); with
+    /// `batched`, whole messages are taken with `whole_message` before
+    /// `feed` (as the transport's batched delivery does).
+    fn drive_modes<'c>(
         conn: &mut Conn,
         chunks: impl IntoIterator<Item = &'c [u8]>,
         direct: Option<usize>,
+        batched: bool,
     ) -> (Vec<Event<'static>>, Vec<u8>) {
         let mut events = vec![];
         let mut out = vec![];
@@ -645,6 +677,17 @@ mod tests {
             loop {
                 if pos == chunk.len() {
                     break;
+                }
+                let whole = if batched {
+                    conn.whole_message(&chunk[pos..])
+                } else {
+                    None
+                };
+                if let Some((op, data, used)) = whole {
+                    assert!(used > 0);
+                    events.push(msg(op, data));
+                    pos += used;
+                    continue;
                 }
                 if let Some(room) = direct.and_then(|min| conn.payload_room(min)) {
                     let n = room.len().min(chunk.len() - pos);
@@ -1201,11 +1244,20 @@ mod tests {
             // Reading payloads straight into the message buffer gives the
             // same events and replies.
             for min in [1, 100] {
-                let (events, out) =
-                    drive_direct(&mut Conn::new(MAX), chunks.iter().copied(), Some(min));
+                let (events, out) = drive_modes(
+                    &mut Conn::new(MAX),
+                    chunks.iter().copied(),
+                    Some(min),
+                    false,
+                );
                 assert!(events == expect);
                 assert_eq!(client_frames(&out), expect_out);
             }
+            // So does taking whole messages ahead of feed.
+            let (events, out) =
+                drive_modes(&mut Conn::new(MAX), chunks.iter().copied(), None, true);
+            assert!(events == expect);
+            assert_eq!(client_frames(&out), expect_out);
         }
     }
 
@@ -1215,7 +1267,8 @@ mod tests {
         let mut s = sframe(false, OpCode::Text, b"ab\xC3");
         s.extend(sframe(true, OpCode::Cont, b"\xA9cd"));
         for cut in 0..=s.len() {
-            let (events, _) = drive_direct(&mut Conn::new(MAX), [&s[..cut], &s[cut..]], Some(1));
+            let (events, _) =
+                drive_modes(&mut Conn::new(MAX), [&s[..cut], &s[cut..]], Some(1), false);
             assert_eq!(
                 events,
                 vec![msg(OpCode::Text, "abécd".as_bytes())],
@@ -1225,7 +1278,7 @@ mod tests {
         // Invalid bytes fail at once with 1007, before the frame ends.
         let mut s = sframe(true, OpCode::Text, &[b'a'; 200]);
         s[4 + 50] = 0xFF; // after the 4-byte header
-        let (events, out) = drive_direct(&mut Conn::new(MAX), [&s[..4], &s[4..60]], Some(1));
+        let (events, out) = drive_modes(&mut Conn::new(MAX), [&s[..4], &s[4..60]], Some(1), false);
         assert!(events.last().is_some_and(perr(1007)), "{events:?}");
         let frames = client_frames(&out);
         assert_eq!(
@@ -1234,7 +1287,7 @@ mod tests {
         );
         // A text message whose last frame ends inside a code point.
         let s = sframe(true, OpCode::Text, b"ab\xC3");
-        let (events, _) = drive_direct(&mut Conn::new(MAX), [&s[..2], &s[2..]], Some(1));
+        let (events, _) = drive_modes(&mut Conn::new(MAX), [&s[..2], &s[2..]], Some(1), false);
         assert!(events.last().is_some_and(perr(1007)), "{events:?}");
         // Control frames and small payloads never offer room.
         let mut c = Conn::new(MAX);

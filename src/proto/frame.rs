@@ -144,13 +144,44 @@ pub fn encode_frame(out: &mut Vec<u8>, fin: bool, opcode: OpCode, payload: &[u8]
     out.extend_from_slice(&hdr[..hl]);
 
     let start = out.len();
-    let w = mask_word(mask);
     // Write straight into spare capacity: a safe `resize` + XOR would first
     // zero the memory, which measured ~1.4-1.6x slower (42 vs 58 GB/s at
     // 640 B, 54 vs 84 GB/s at 64 KiB).
     let spare = &mut out.spare_capacity_mut()[..payload.len()];
-    let (dst_chunks, dst_tail) = spare.as_chunks_mut::<8>();
-    let (src_chunks, src_tail) = payload.as_chunks::<8>();
+    masked_copy(spare, payload, mask);
+    // SAFETY: `reserve` guaranteed capacity for `payload.len()` more bytes and
+    // masked_copy initialised all of them (`spare` has exactly
+    // `payload.len()` elements).
+    unsafe { out.set_len(start + payload.len()) };
+}
+
+/// `dst = src ^ mask`, `dst` and `src` of the same length; with AVX2 when
+/// the CPU has it (32 bytes per operation instead of 16), chosen at run
+/// time since the library is built for baseline x86-64.
+#[inline]
+fn masked_copy(dst: &mut [MaybeUninit<u8>], src: &[u8], mask: [u8; 4]) {
+    debug_assert_eq!(dst.len(), src.len());
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2 (checked just above).
+        return unsafe { masked_copy_avx2(dst, src, mask) };
+    }
+    masked_copy_words(dst, src, mask);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn masked_copy_avx2(dst: &mut [MaybeUninit<u8>], src: &[u8], mask: [u8; 4]) {
+    masked_copy_words(dst, src, mask);
+}
+
+/// The portable loop, a word at a time (8 ≡ 0 mod 4 keeps the mask
+/// phase); LLVM vectorises it for whatever the caller enables.
+#[inline(always)]
+fn masked_copy_words(dst: &mut [MaybeUninit<u8>], src: &[u8], mask: [u8; 4]) {
+    let w = mask_word(mask);
+    let (dst_chunks, dst_tail) = dst.as_chunks_mut::<8>();
+    let (src_chunks, src_tail) = src.as_chunks::<8>();
     for (d, s) in dst_chunks.iter_mut().zip(src_chunks) {
         *d = (u64::from_ne_bytes(*s) ^ w)
             .to_ne_bytes()
@@ -159,11 +190,6 @@ pub fn encode_frame(out: &mut Vec<u8>, fin: bool, opcode: OpCode, payload: &[u8]
     for (i, (d, s)) in dst_tail.iter_mut().zip(src_tail).enumerate() {
         d.write(s ^ mask[i & 3]);
     }
-    // SAFETY: `reserve` guaranteed capacity for `payload.len()` more bytes and
-    // the loops above initialised all of them (`spare` has exactly
-    // `payload.len()` elements, split into chunks + tail that are all written
-    // since `src` splits identically).
-    unsafe { out.set_len(start + payload.len()) };
 }
 
 /// Parses a frame header from the start of `buf`.
