@@ -263,7 +263,7 @@ pub unsafe extern "C" fn pj_websock_send(
         } else {
             std::slice::from_raw_parts(data as *const u8, len)
         };
-        if op == OpCode::Text && std::str::from_utf8(bytes).is_err() {
+        if op == OpCode::Text && simdutf8::basic::from_utf8(bytes).is_err() {
             return PJ_EINVAL;
         }
         c.send(op, bytes)
