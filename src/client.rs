@@ -395,13 +395,10 @@ fn mono_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-fn mask() -> [u8; 4] {
-    rand::random()
-}
-
-/// Masking keys drawn from the CSPRNG 16 at a time: one thread-local RNG
-/// access per 16 frames instead of one per frame (a stream of small
-/// frames spends measurable time there). Each key is used once.
+/// The masking keys of a connection's frames, drawn from the CSPRNG 16 at
+/// a time: one thread-local RNG access per 16 frames instead of one per
+/// frame (a stream of small frames spends measurable time there). Each
+/// key is used once.
 struct Masks {
     keys: [u8; 64],
     next: u8,
@@ -460,6 +457,17 @@ fn no_close_info() -> pj_websock_close_info {
         code_sent: 0,
         code_received: 0,
         status: PJ_SUCCESS,
+    }
+}
+
+/// A socket read's result as an `Io`; None for EINTR (read again).
+fn read_outcome(r: std::io::Result<usize>) -> Option<Io> {
+    match r {
+        Ok(0) => Some(Io::Eof),
+        Ok(n) => Some(Io::Done(n)),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Some(Io::WouldBlock),
+        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => None,
+        Err(e) => Some(Io::Failed(io_status(&e))),
     }
 }
 
@@ -540,13 +548,9 @@ impl Link {
             };
         }
         loop {
-            return match sock.read(buf) {
-                Ok(0) => Io::Eof,
-                Ok(n) => Io::Done(n),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Io::WouldBlock,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => Io::Failed(io_status(&e)),
-            };
+            if let Some(io) = read_outcome(sock.read(buf)) {
+                return io;
+            }
         }
     }
 
@@ -564,22 +568,25 @@ impl Link {
         };
         let room = conn.payload_room(DIRECT_READ_MIN)?;
         let asked = room.len();
-        loop {
-            return Some(match sock.read_uninit(room) {
-                Ok(0) => (Io::Eof, None, asked),
-                // SAFETY: the kernel wrote n bytes at the start of `room`.
-                Ok(n) => (
-                    Io::Done(n),
-                    unsafe { conn.payload_filled(n, out, &mut mask) },
-                    asked,
-                ),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    (Io::WouldBlock, None, asked)
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => (Io::Failed(io_status(&e)), None, asked),
-            });
-        }
+        let io = loop {
+            if let Some(io) = read_outcome(sock.read_uninit(room)) {
+                break io;
+            }
+        };
+        let ev = match io {
+            // SAFETY: the kernel wrote n bytes at the start of `room`.
+            Io::Done(n) => unsafe { conn.payload_filled(n, out, &mut || self.masks.take()) },
+            _ => None,
+        };
+        Some((io, ev, asked))
+    }
+
+    /// The close handshake has begun: no more pings; the connection ends
+    /// by the close timeout at the latest (the caller rearms the timer).
+    fn enter_closing(&mut self, close_timeout: Duration) {
+        self.phase = Phase::Closing;
+        self.next_ping = None;
+        self.close_deadline = Some(Instant::now() + close_timeout);
     }
 
     /// Writes from the front of the send queue: several chunks at once
@@ -986,11 +993,9 @@ impl Client {
         };
         let code = if code == 0 { None } else { Some(code) };
         link.tx.append_with(2 + reason.len() + MAX_HEADER_LEN, |b| {
-            conn.send_close(code, reason, mask(), b)
+            conn.send_close(code, reason, link.masks.take(), b)
         });
-        link.phase = Phase::Closing;
-        link.next_ping = None;
-        link.close_deadline = Some(Instant::now() + close_timeout);
+        link.enter_closing(close_timeout);
         if !link.out_armed && link.write_err.is_none() {
             if let Err(e) = link.flush() {
                 self.defer_write_error(link, e);
@@ -1388,7 +1393,7 @@ impl Client {
                     return (input.len(), None);
                 };
                 let scratch = cx.bufs().1;
-                let (used, ev) = conn.feed(input, scratch, &mut mask);
+                let (used, ev) = conn.feed(input, scratch, &mut || link.masks.take());
                 (used, self.on_frames(cx, g, ev))
             }
             _ => (input.len(), None),
@@ -1422,10 +1427,8 @@ impl Client {
                     g.info.code_sent = if code == 1005 { 0 } else { code };
                     g.state = pj_websock_readystate::PJ_WEBSOCK_STATE_CLOSING;
                 }
-                link.phase = Phase::Closing;
-                link.next_ping = None;
                 // Now the server closes TCP first; wait for it.
-                link.close_deadline = Some(Instant::now() + close_timeout);
+                link.enter_closing(close_timeout);
                 self.rearm(link);
                 None
             }
@@ -1436,9 +1439,7 @@ impl Client {
                 g.info.initiator = pj_websock_close_initiator::PJ_WEBSOCK_CLOSE_PROTOCOL;
                 g.info.status = protocol_status(code);
                 g.state = pj_websock_readystate::PJ_WEBSOCK_STATE_CLOSING;
-                link.phase = Phase::Closing;
-                link.next_ping = None;
-                link.close_deadline = Some(Instant::now() + close_timeout);
+                link.enter_closing(close_timeout);
                 self.rearm(link);
                 None
             }
@@ -1446,11 +1447,10 @@ impl Client {
     }
 
     fn handle_io(self: &Arc<Self>, cx: &mut Cx<'_>, token: Token, events: u32) {
-        let mut g = lock(&self.inner);
-        let Some(link) = g.link.as_mut() else { return };
-        if link.sock.as_ref().map(|s| s.1) != Some(token) {
+        let Some(mut g) = self.lock_current(token) else {
             return;
-        }
+        };
+        let Some(link) = g.link.as_mut() else { return };
         if link.phase == Phase::Connecting {
             if events & (EV_OUT | libc::EPOLLERR as u32 | libc::EPOLLHUP as u32) == 0 {
                 return;
@@ -1508,11 +1508,10 @@ impl Client {
         }
         let mut recycled: Option<Vec<u8>> = None;
         'reads: for round in 1..=READS_PER_EVENT {
-            let mut g = lock(&self.inner);
-            let Some(link) = g.link.as_mut() else { break };
-            if link.sock.as_ref().map(|s| s.1) != Some(token) {
+            let Some(mut g) = self.lock_current(token) else {
                 break;
-            }
+            };
+            let Some(link) = g.link.as_mut() else { break };
             if let (Some(v), Some(conn)) = (recycled.take(), link.conn.as_mut()) {
                 conn.recycle(v);
             }
@@ -1546,20 +1545,7 @@ impl Client {
             link.last_rx = mono_ns();
             if let Some((ev, asked)) = direct {
                 let d = self.on_frames(cx, &mut g, ev);
-                let failed = self.flush_replies(cx, &mut g);
-                drop(g);
-                if let Some(d) = d {
-                    let ended = matches!(d, Deliver::Close(..));
-                    if let Some(v) = self.deliver(d) {
-                        recycled = Some(v);
-                    }
-                    if ended {
-                        break 'reads;
-                    }
-                }
-                let ended = failed.is_some();
-                self.deliver_all(failed);
-                if ended || self.is_destroyed() {
+                if self.hand_over(cx, g, d, &mut recycled) {
                     break 'reads;
                 }
                 if n < asked {
@@ -1602,34 +1588,22 @@ impl Client {
                             break 'reads;
                         }
                     }
-                    g = lock(&self.inner);
-                    match g.link.as_ref() {
-                        Some(l) if l.sock.as_ref().map(|s| s.1) == Some(token) => {}
-                        _ => break 'reads,
-                    }
+                    let Some(relocked) = self.lock_current(token) else {
+                        break 'reads;
+                    };
+                    g = relocked;
                     continue;
                 }
                 let (used, d) = self.process(cx, &mut g, &buf[pos..n]);
                 pos += used;
-                if let Some(d) = d {
-                    // Replies (pong, close echo) go out before the callback.
-                    let failed = self.flush_replies(cx, &mut g);
-                    drop(g);
-                    let ended = failed.is_some()
-                        || matches!(d, Deliver::Close(..))
-                        || matches!(d, Deliver::Connect(s) if s != PJ_SUCCESS);
-                    if let Some(v) = self.deliver(d) {
-                        recycled = Some(v);
-                    }
-                    self.deliver_all(failed);
-                    if ended || self.is_destroyed() {
+                if d.is_some() {
+                    if self.hand_over(cx, g, d, &mut recycled) {
                         break 'reads;
                     }
-                    g = lock(&self.inner);
-                    match g.link.as_ref() {
-                        Some(l) if l.sock.as_ref().map(|s| s.1) == Some(token) => {}
-                        _ => break 'reads,
-                    }
+                    let Some(relocked) = self.lock_current(token) else {
+                        break 'reads;
+                    };
+                    g = relocked;
                 } else if used == 0 {
                     break;
                 }
@@ -1661,6 +1635,41 @@ impl Client {
             }
         }
         *cx.bufs().0 = buf;
+    }
+
+    /// The instance lock, if the connection still reads the socket
+    /// `token` (a callback may have ended or replaced it).
+    fn lock_current(&self, token: Token) -> Option<MutexGuard<'_, Inner>> {
+        let g = lock(&self.inner);
+        let current = g
+            .link
+            .as_ref()
+            .and_then(|l| l.sock.as_ref())
+            .is_some_and(|s| s.1 == token);
+        current.then_some(g)
+    }
+
+    /// After received bytes produced `d`: the replies the engine queued
+    /// (pong, close echo) go out first, then, without the lock, the
+    /// callback for `d` and those a failed write causes. True when reading
+    /// must stop: the connection ended or the instance was destroyed.
+    fn hand_over(
+        &self,
+        cx: &mut Cx<'_>,
+        mut g: MutexGuard<'_, Inner>,
+        d: Option<Deliver<'_>>,
+        recycled: &mut Option<Vec<u8>>,
+    ) -> bool {
+        let failed = self.flush_replies(cx, &mut g);
+        drop(g);
+        let ended = failed.is_some()
+            || matches!(d, Some(Deliver::Close(..)))
+            || matches!(d, Some(Deliver::Connect(s)) if s != PJ_SUCCESS);
+        if let Some(v) = d.and_then(|d| self.deliver(d)) {
+            *recycled = Some(v);
+        }
+        self.deliver_all(failed);
+        ended || self.is_destroyed()
     }
 
     /// Writes what the protocol engine queued (pong, close echo) if
@@ -1801,7 +1810,7 @@ impl Client {
                 }
                 if let Some(conn) = link.conn.as_mut() {
                     link.tx.append_with(MAX_HEADER_LEN, |b| {
-                        conn.send_frame(OpCode::Ping, &[], mask(), b)
+                        conn.send_frame(OpCode::Ping, &[], link.masks.take(), b)
                     });
                 }
                 link.ping_sent_at = Some(mono_ns());
