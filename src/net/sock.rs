@@ -55,7 +55,16 @@ pub fn sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) 
 /// `recv` on a socket fd (also used by TLS over the same socket).
 pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     // SAFETY: buf is valid for writes of buf.len() bytes.
-    let r = unsafe { libc::recv(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0) };
+    unsafe { recv_into(fd, buf.as_mut_ptr(), buf.len()) }
+}
+
+/// `recv` into `len` bytes at `ptr`, which need not be initialised.
+///
+/// # Safety
+/// `ptr` must be valid for writes of `len` bytes.
+unsafe fn recv_into(fd: RawFd, ptr: *mut u8, len: usize) -> io::Result<usize> {
+    // SAFETY: the caller's guarantee; the kernel initialises what it reports.
+    let r = unsafe { libc::recv(fd, ptr as *mut libc::c_void, len, 0) };
     if r < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -177,14 +186,8 @@ impl Socket {
 
     /// Reads into memory that need not be initialised.
     pub fn read_uninit(&self, buf: &mut [std::mem::MaybeUninit<u8>]) -> io::Result<usize> {
-        // SAFETY: buf is valid for writes of buf.len() bytes; the kernel
-        // initialises the bytes it reports.
-        let r = unsafe { libc::recv(self.fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0) };
-        if r < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(r as usize)
-        }
+        // SAFETY: buf is valid for writes of buf.len() bytes.
+        unsafe { recv_into(self.fd, buf.as_mut_ptr() as *mut u8, buf.len()) }
     }
 
     /// Writes without raising SIGPIPE on a closed connection.

@@ -267,12 +267,10 @@ impl Conn {
                 return self.on_control(pos, input, out, mask);
             }
             if self.frame_fin {
-                let opcode = self.msg_op.take().unwrap_or(OpCode::Bin);
-                if opcode == OpCode::Text && !self.utf8.is_complete() {
-                    return self.fail((close::INVALID_DATA, "truncated UTF-8"), input, out, mask);
-                }
-                let data = Payload::Owned(mem::take(&mut self.msg));
-                return (pos, Some(Event::Message { opcode, data }));
+                return match self.take_message() {
+                    Ok(event) => (pos, Some(event)),
+                    Err(v) => self.fail(v, input, out, mask),
+                };
             }
         }
     }
@@ -352,14 +350,21 @@ impl Conn {
         if !self.frame_fin {
             return None;
         }
+        match self.take_message() {
+            Ok(event) => Some(event),
+            Err(v) => self.fail(v, &[], out, mask).1,
+        }
+    }
+
+    /// The reassembled message, once its last frame is complete; text
+    /// must not end inside a character.
+    fn take_message(&mut self) -> Result<Event<'static>, Violation> {
         let opcode = self.msg_op.take().unwrap_or(OpCode::Bin);
         if opcode == OpCode::Text && !self.utf8.is_complete() {
-            return self
-                .fail((close::INVALID_DATA, "truncated UTF-8"), &[], out, mask)
-                .1;
+            return Err((close::INVALID_DATA, "truncated UTF-8"));
         }
         let data = Payload::Owned(mem::take(&mut self.msg));
-        Some(Event::Message { opcode, data })
+        Ok(Event::Message { opcode, data })
     }
 
     /// Decodes the next header, completing a previously split one. On
