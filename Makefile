@@ -176,7 +176,8 @@ bench-smoke: lib
 
 # ---- demo --------------------------------------------------------------
 
-demo: lib examples venv
+demo: deps
+	@$(MAKE) --no-print-directory lib examples venv
 	@bash tests/demo.sh $(VENV)/bin/python $(BUILD)/examples/echo_client
 
 # ---- install -----------------------------------------------------------

@@ -21,10 +21,12 @@
  * 1 if some did, 3 when the watchdog stopped a hung case, 4 when instances
  * of a case were never freed (the program cannot go on safely).
  *
- * Include order: pjlib first, then libpjwebsock's header (it skips what
- * pjlib declared and adds the extension API).
+ * Include order: pjlib and pjlib-util first (pjlib-util.h brings the
+ * upstream <pjlib-util/websock.h>), then libpjwebsock's header: it skips
+ * what those declared and adds the extension API.
  */
 #include <pjlib.h>
+#include <pjlib-util.h>
 #include <pjwebsock/websock.h>
 
 #include <dirent.h>
@@ -1657,6 +1659,34 @@ static void case_k(tcase *tc)
 }
 
 /* ------------------------------------------------------------------ */
+/* l. pj_strerror() names libpjwebsock's status codes                  */
+
+static void case_l(tcase *tc)
+{
+    static const pj_status_t codes[] = {PJ_WEBSOCK_EHS_STATUS, PJ_WEBSOCK_EPROTOCOL, PJ_WEBSOCK_EPINGTIMEOUT,
+                                        PJ_WEBSOCK_ETLS, PJ_WEBSOCK_ETLS_VERIFY, PJ_WEBSOCK_ETLS_CONFIG};
+    pj_websock *ws = NULL;
+    pj_websock_param p;
+    unsigned base = pj_websock_get_live_count();
+    /* the library registers its error space on first use */
+    pj_websock_param_default(&p);
+    pj_status_t rc = pj_websock_create(NULL, &p, &ws);
+    REQUIRE(tc, rc == PJ_SUCCESS, "pj_websock_create (own loop): %s", st(rc));
+    pj_websock_destroy(ws);
+    for (size_t i = 0; i < sizeof(codes) / sizeof(codes[0]); ++i) {
+        char a[160], b[160];
+        pj_str_t pa = pj_strerror(codes[i], a, sizeof(a));
+        pj_str_t pb = pj_websock_strerror(codes[i], b, sizeof(b));
+        CHECK(tc, pa.slen > 0 && pa.slen == pb.slen && memcmp(pa.ptr, pb.ptr, (size_t)pa.slen) == 0,
+              "pj_strerror(%d) = \"%.*s\", pj_websock_strerror gives \"%.*s\"", codes[i], (int)pa.slen, pa.ptr,
+              (int)pb.slen, pb.ptr);
+        CHECK(tc, strstr(a, "Unknown") == NULL, "pj_strerror(%d) does not know the code: \"%s\"", codes[i], a);
+    }
+out:
+    settle(tc, base, tmo(10000));
+}
+
+/* ------------------------------------------------------------------ */
 
 static int env_url(char *buf, size_t size, const char *var)
 {
@@ -1669,7 +1699,7 @@ static int env_url(char *buf, size_t size, const char *var)
 
 /* Cases come in groups (a2 needs a1's run, d3 d1's and d2's, f2 f1's);
  * the arguments select groups by letter, in the order of GROUPS. */
-#define GROUPS "abdefghjkci"
+#define GROUPS "abdefghjklci"
 
 static int want(int argc, char **argv, char g)
 {
@@ -1747,6 +1777,8 @@ int main(int argc, char **argv)
         run_case("j. application-supplied grp_lock: works, survives destroy, released by the application", case_j);
     if (want(argc, argv, 'k'))
         run_case("k. pjlib mode with a NULL pool is refused (PJ_EINVAL, like upstream)", case_k);
+    if (want(argc, argv, 'l'))
+        run_case("l. pj_strerror() describes libpjwebsock's status codes (registered error space)", case_l);
     if (want(argc, argv, 'c'))
         run_case(under_valgrind() ? "c. 100 concurrent connections on one epoll ioqueue (1000 natively)"
                                   : "c. 1000 concurrent connections on one epoll ioqueue",
