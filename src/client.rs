@@ -27,7 +27,7 @@ use crate::net::url::WsUrl;
 use crate::net::worker;
 use crate::proto::close;
 use crate::proto::conn::{Conn, Event, Payload};
-use crate::proto::frame::{OpCode, MAX_HEADER_LEN};
+use crate::proto::frame::{masked_frame_len, OpCode, MAX_HEADER_LEN};
 use crate::proto::handshake::{Handshake, HandshakeError};
 use crate::status::*;
 
@@ -918,7 +918,8 @@ impl Client {
         if conn.close_sent() {
             return PJ_EINVALIDOP;
         }
-        if buffered > 0 && buffered.saturating_add(data.len()) > max {
+        // The mark bounds the bytes queued, frame headers included.
+        if buffered > 0 && buffered.saturating_add(masked_frame_len(data.len())) > max {
             return PJ_EBUSY;
         }
         let coalescing = link.flush_deadline.is_some() && buffered > 0;
@@ -1189,9 +1190,18 @@ impl Client {
                         d.saturating_duration_since(now)
                     });
                     let left = (link.addrs.len() - link.next_addr + 1) as u32;
-                    // Share the budget among the addresses left, but give
-                    // each a fair chance on a slow network.
-                    let per = (remaining / left).max(remaining.min(Duration::from_secs(3)));
+                    // The last address gets what remains. Others share the
+                    // budget (at least 3 s each on a slow network), but get
+                    // at most 5 s (a black-holed address must not hold up
+                    // the rest) and at most half of what remains.
+                    let per = if left <= 1 {
+                        remaining
+                    } else {
+                        (remaining / left)
+                            .max(remaining.min(Duration::from_secs(3)))
+                            .min(Duration::from_secs(5))
+                            .min(remaining / 2)
+                    };
                     link.sock = Some((sock, token));
                     link.phase = Phase::Connecting;
                     link.out_armed = true;
@@ -1337,6 +1347,13 @@ impl Client {
         link.tx.push(&request);
         link.interest(EV_IN);
         if let Err(e) = link.flush() {
+            // A server that refused us may have sent its alert and reset
+            // the connection before our request went out.
+            let e = link
+                .tls
+                .as_mut()
+                .and_then(|t| t.pending_alert())
+                .unwrap_or(e);
             return self.fail_connect(cx, g, e);
         }
         self.rearm(link);
@@ -1931,7 +1948,12 @@ impl Client {
                     if rounds > 4096 {
                         more = true;
                     } else {
-                        self.handle_io(&mut cx, token, ev);
+                        let r = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                            self.handle_io(&mut cx, token, ev)
+                        }));
+                        if r.is_err() {
+                            self.pj_failed(&mut cx);
+                        }
                         continue;
                     }
                 }
@@ -1943,15 +1965,14 @@ impl Client {
                 continue;
             }
             for c in cmds {
-                let _ = std::panic::catch_unwind(AssertUnwindSafe(|| c(self, &mut cx)));
+                if std::panic::catch_unwind(AssertUnwindSafe(|| c(self, &mut cx))).is_err() {
+                    cx.bufs().1.clear();
+                }
             }
             for ev in events {
                 let r = std::panic::catch_unwind(AssertUnwindSafe(|| self.pj_apply(&mut cx, ev)));
                 if r.is_err() {
-                    let mut g = lock(&self.inner);
-                    let d = self.transport_failed(&mut cx, &mut g, PJ_EBUG);
-                    drop(g);
-                    self.deliver_all(d);
+                    self.pj_failed(&mut cx);
                 }
             }
         }
@@ -1961,6 +1982,22 @@ impl Client {
             pj.drv.kick();
         }
         pj.drv.unref();
+    }
+
+    /// pjlib mode: handling an event panicked. As on the own loop, only
+    /// this connection fails (`PJ_EBUG`), and nothing the handler left in
+    /// the shared scratch buffer goes out.
+    fn pj_failed(self: &Arc<Self>, cx: &mut Cx<'_>) {
+        cx.bufs().1.clear();
+        let r = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            let mut g = lock(&self.inner);
+            let d = self.transport_failed(cx, &mut g, PJ_EBUG);
+            drop(g);
+            self.deliver_all(d);
+        }));
+        if r.is_err() {
+            cx.bufs().1.clear();
+        }
     }
 
     /// Applies one pjlib event: completions update the socket (their

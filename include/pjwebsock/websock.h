@@ -619,7 +619,7 @@ pj_status_t pj_websock_connect(struct pj_websock *ws,
  * Returns `PJ_SUCCESS`; `PJ_EINVAL` for NULL ws, another opcode, an
  * oversized control frame, invalid UTF-8 in TEXT, or NULL data with len >
  * 0; `PJ_EINVALIDOP` unless OPEN; `PJ_EBUSY` when the bytes still queued
- * plus this message would exceed the high-water mark
+ * plus this message's frame would exceed the high-water mark
  * (`pj_websock_set_max_buffered()`, default 64 MiB), in which case nothing
  * is queued (a message larger than the mark is accepted into an empty
  * queue).
@@ -719,6 +719,9 @@ pj_status_t pj_websock_set_max_buffered(struct pj_websock *ws, pj_size_t bytes);
 /**
  * Sets the time allowed for name resolution, TCP connect, TLS and the
  * opening handshake together (default 30000 ms), for the next connect.
+ * When the host has several addresses they are tried in turn; each but
+ * the last gets its share of the time left, at most 5 s and at most half
+ * of it, so one black-holed address cannot use up the whole budget.
  * Returns `PJ_EINVAL` for NULL or 0.
  */
 pj_status_t pj_websock_set_connect_timeout(struct pj_websock *ws, unsigned int msec);

@@ -229,7 +229,7 @@ pub unsafe extern "C" fn pj_websock_connect(
 /// Returns `PJ_SUCCESS`; `PJ_EINVAL` for NULL ws, another opcode, an
 /// oversized control frame, invalid UTF-8 in TEXT, or NULL data with len >
 /// 0; `PJ_EINVALIDOP` unless OPEN; `PJ_EBUSY` when the bytes still queued
-/// plus this message would exceed the high-water mark
+/// plus this message's frame would exceed the high-water mark
 /// (`pj_websock_set_max_buffered()`, default 64 MiB), in which case nothing
 /// is queued (a message larger than the mark is accepted into an empty
 /// queue).
@@ -435,6 +435,9 @@ pub unsafe extern "C" fn pj_websock_set_max_buffered(
 
 /// Sets the time allowed for name resolution, TCP connect, TLS and the
 /// opening handshake together (default 30000 ms), for the next connect.
+/// When the host has several addresses they are tried in turn; each but
+/// the last gets its share of the time left, at most 5 s and at most half
+/// of it, so one black-holed address cannot use up the whole budget.
 /// Returns `PJ_EINVAL` for NULL or 0.
 #[no_mangle]
 pub unsafe extern "C" fn pj_websock_set_connect_timeout(
@@ -711,4 +714,337 @@ pub unsafe extern "C" fn pj_websock_set_log_func(
 #[no_mangle]
 pub extern "C" fn pj_websock_get_live_count() -> c_uint {
     client::LIVE.load(Ordering::Relaxed) as c_uint
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::panic::resume_unwind;
+
+    /// Calls `f` behind the guard the entry points use.
+    fn guarded<T>(fallback: T, f: impl FnOnce() -> T) -> T {
+        guard!(fallback, { f() })
+    }
+
+    #[test]
+    fn guard_returns_the_fallback_instead_of_unwinding() {
+        // Every fallback an entry point uses, with `panic!` (panic hook
+        // runs) and `resume_unwind` (no hook).
+        let boom = || -> pj_status_t { panic!("boom") };
+        assert_eq!(guarded(PJ_EBUG, boom), PJ_EBUG);
+        assert_eq!(guarded(PJ_EBUG, || resume_unwind(Box::new(1u8))), PJ_EBUG);
+        assert_eq!(
+            guarded(pj_websock_readystate::PJ_WEBSOCK_STATE_CLOSED, || {
+                panic!("in get_state")
+            }),
+            pj_websock_readystate::PJ_WEBSOCK_STATE_CLOSED
+        );
+        assert!(guarded(std::ptr::null_mut::<c_void>(), || panic!("x")).is_null());
+        assert_eq!(guarded::<pj_size_t>(0, || panic!("x")), 0);
+        assert_eq!(guarded::<pj_ssize_t>(-1, || panic!("x")), -1);
+        assert_eq!(guarded::<c_int>(0, || panic!("x")), 0);
+        let mut buf = [0 as c_char; 8];
+        let s = guarded(
+            pj_str_t {
+                ptr: buf.as_mut_ptr(),
+                slen: 0,
+            },
+            || panic!("in strerror"),
+        );
+        assert_eq!((s.ptr, s.slen), (buf.as_mut_ptr(), 0));
+        // Without a panic the body's value comes through, and `return` in
+        // the body returns that value (as the entry points use it).
+        assert_eq!(guarded(PJ_EBUG, || PJ_EINVAL), PJ_EINVAL);
+        let early = |x: i32| -> pj_status_t {
+            guard!(PJ_EBUG, {
+                if x < 0 {
+                    return PJ_EINVAL;
+                }
+                if x == 0 {
+                    resume_unwind(Box::new("zero"));
+                }
+                PJ_SUCCESS
+            })
+        };
+        assert_eq!(
+            (early(-1), early(0), early(1)),
+            (PJ_EINVAL, PJ_EBUG, PJ_SUCCESS)
+        );
+        // A panic holding a lock leaves it usable (poisoned locks are
+        // entered anyway by the client), and the thread goes on.
+        let m = std::sync::Mutex::new(1);
+        let r = guarded(PJ_EBUG, || {
+            let _g = m.lock().unwrap();
+            panic!("while locked")
+        });
+        assert_eq!(r, PJ_EBUG);
+        assert_eq!(*m.lock().unwrap_or_else(|e| e.into_inner()), 1);
+    }
+
+    /// Every `extern "C"` entry point in this file runs its body behind
+    /// `guard!`, with `PJ_EBUG` as the fallback of those returning a
+    /// status, except the few that cannot panic (listed with the reason).
+    #[test]
+    fn every_entry_point_is_guarded() {
+        const UNGUARDED: [&str; 4] = [
+            "pj_websock_param_default",         // write_bytes and two stores
+            "pj_websock_connect_param_default", // write_bytes
+            "pj_websock_set_log_func",          // one atomic store
+            "pj_websock_get_live_count",        // one atomic load
+        ];
+        let src = include_str!("api.rs");
+        let src = &src[..src.find("#[cfg(test)]").unwrap()];
+        let mut seen = vec![];
+        for (at, _) in src.match_indices("extern \"C\" fn pj_websock_") {
+            let rest = &src[at + "extern \"C\" fn ".len()..];
+            let name = &rest[..rest.find('(').unwrap()];
+            // The signature ends at the body's opening brace.
+            let sig_end = rest.find(" {\n").unwrap();
+            let sig = &rest[..sig_end];
+            let body = rest[sig_end + 3..].trim_start();
+            seen.push(name);
+            if UNGUARDED.contains(&name) {
+                assert!(!body.starts_with("guard!"), "{name} is guarded now");
+                continue;
+            }
+            assert!(body.starts_with("guard!("), "{name} is not guarded");
+            if sig.ends_with("-> pj_status_t") {
+                assert!(body.starts_with("guard!(PJ_EBUG, {"), "{name}");
+            }
+        }
+        assert!(seen.len() >= 27, "{seen:?}");
+        for n in UNGUARDED {
+            assert!(seen.contains(&n), "{n}");
+        }
+    }
+
+    /// End to end through the C API, with the library's own event loop:
+    /// when the loop contains a panic in one connection's handler
+    /// (`Handler::on_panic`, which the loop calls after catching it), that
+    /// connection alone fails with `PJ_EBUG` — a connecting one through
+    /// `on_connect`, an open one through `on_close` (code 0) — its socket
+    /// is closed, the instance stays usable, and another open connection
+    /// carries on.
+    #[cfg(not(pjws_have_pj_websock))]
+    #[test]
+    fn loop_panic_fails_only_that_connection() {
+        use crate::net::evloop::{self, Handler};
+        use crate::proto::frame::{apply_mask, decode_header};
+        use crate::proto::handshake::accept_key;
+        use std::io::{ErrorKind, Read, Write};
+        use std::net::{TcpListener, TcpStream};
+        use std::sync::Mutex;
+        use std::time::Instant;
+
+        /// (instance, callback, status or code or opcode, data).
+        type Call = (usize, &'static str, i64, Vec<u8>);
+        static CALLS: Mutex<Vec<Call>> = Mutex::new(Vec::new());
+        fn record(ws: *mut pj_websock, what: &'static str, v: i64, data: Vec<u8>) {
+            CALLS
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((ws as usize, what, v, data));
+        }
+        unsafe extern "C" fn on_connect(ws: *mut pj_websock, status: pj_status_t) {
+            record(ws, "connect", status.into(), vec![]);
+        }
+        unsafe extern "C" fn on_rx_msg(
+            ws: *mut pj_websock,
+            opcode: pj_websock_opcode,
+            data: *const c_void,
+            len: pj_size_t,
+        ) {
+            let d = std::slice::from_raw_parts(data as *const u8, len).to_vec();
+            record(ws, "rx", opcode as i64, d);
+        }
+        unsafe extern "C" fn on_close(ws: *mut pj_websock, code: pj_uint16_t, _r: *const pj_str_t) {
+            record(ws, "close", code.into(), vec![]);
+        }
+        let calls_of = |ws: *mut pj_websock| -> Vec<(&'static str, i64, Vec<u8>)> {
+            let calls = CALLS.lock().unwrap_or_else(|e| e.into_inner());
+            calls
+                .iter()
+                .filter(|c| c.0 == ws as usize)
+                .map(|c| (c.1, c.2, c.3.clone()))
+                .collect()
+        };
+        let wait_calls = |ws: *mut pj_websock, n: usize| {
+            let t = Instant::now();
+            loop {
+                let got = calls_of(ws);
+                if got.len() >= n {
+                    return got;
+                }
+                assert!(t.elapsed() < Duration::from_secs(10), "{got:?}");
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        };
+
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let url = format!("ws://127.0.0.1:{}/p", listener.local_addr().unwrap().port());
+        let accept = || -> TcpStream {
+            let t = Instant::now();
+            loop {
+                match listener.accept() {
+                    Ok((s, _)) => {
+                        s.set_nonblocking(false).unwrap();
+                        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                        return s;
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                        assert!(t.elapsed() < Duration::from_secs(10), "no connection");
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        };
+        // Reads the upgrade request; returns its Sec-WebSocket-Key.
+        let read_request = |s: &mut TcpStream| -> String {
+            let mut req = vec![];
+            let mut b = [0u8; 1];
+            while !req.ends_with(b"\r\n\r\n") {
+                assert_eq!(s.read(&mut b).unwrap(), 1, "request cut short");
+                req.push(b[0]);
+            }
+            let req = String::from_utf8(req).unwrap();
+            let key = req
+                .lines()
+                .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "));
+            key.unwrap().to_string()
+        };
+        // The peer sees the connection end (FIN or reset), nothing hangs.
+        let sees_end = |s: &mut TcpStream| {
+            let mut b = [0u8; 256];
+            loop {
+                match s.read(&mut b) {
+                    Ok(0) => return,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == ErrorKind::ConnectionReset => return,
+                    Err(e) => panic!("connection not closed: {e}"),
+                }
+            }
+        };
+        let create = || -> *mut pj_websock {
+            let mut p = std::mem::MaybeUninit::<pj_websock_param>::uninit();
+            let mut ws = std::ptr::null_mut();
+            // SAFETY: param_default initialises the whole struct.
+            unsafe {
+                pj_websock_param_default(p.as_mut_ptr());
+                let mut p = p.assume_init();
+                p.ping_interval = 0;
+                p.cb.on_connect = Some(on_connect);
+                p.cb.on_rx_msg = Some(on_rx_msg);
+                p.cb.on_close = Some(on_close);
+                assert_eq!(
+                    pj_websock_create(std::ptr::null_mut(), &p, &mut ws),
+                    PJ_SUCCESS
+                );
+            }
+            ws
+        };
+        let connect = |ws: *mut pj_websock| {
+            let u = pj_str_t {
+                ptr: url.as_ptr() as *mut c_char,
+                slen: url.len() as pj_ssize_t,
+            };
+            // SAFETY: live instance, valid string.
+            assert_eq!(
+                unsafe { pj_websock_connect(ws, &u, std::ptr::null()) },
+                PJ_SUCCESS
+            );
+        };
+        // What the loop does after catching a panic in ws's handler.
+        let fail_on_loop = |ws: *mut pj_websock| {
+            // SAFETY: live instance.
+            let c: Arc<Client> = Arc::clone(&unsafe { handle(ws) }.unwrap());
+            evloop::get().unwrap().post(move |ctx| c.on_panic(ctx));
+        };
+        let state = |ws: *mut pj_websock| unsafe { pj_websock_get_state(ws) };
+        let info = |ws: *mut pj_websock| {
+            let mut i = std::mem::MaybeUninit::uninit();
+            // SAFETY: live instance, valid out pointer.
+            assert_eq!(
+                unsafe { pj_websock_get_close_info(ws, i.as_mut_ptr()) },
+                PJ_SUCCESS
+            );
+            unsafe { i.assume_init() }
+        };
+        use pj_websock_readystate::*;
+
+        // `a` waits for the handshake response, `b` is open.
+        let (a, b, idle) = (create(), create(), create());
+        connect(a);
+        let mut sa = accept();
+        read_request(&mut sa);
+        connect(b);
+        let mut sb = accept();
+        let key = read_request(&mut sb);
+        let resp = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+            accept_key(&key)
+        );
+        sb.write_all(resp.as_bytes()).unwrap();
+        assert_eq!(wait_calls(b, 1), [("connect", PJ_SUCCESS.into(), vec![])]);
+        assert_eq!(state(a), PJ_WEBSOCK_STATE_CONNECTING);
+        assert_eq!(state(b), PJ_WEBSOCK_STATE_OPEN);
+
+        // Connecting `a` fails with PJ_EBUG; `b` and `idle` hear nothing.
+        fail_on_loop(a);
+        assert_eq!(wait_calls(a, 1), [("connect", PJ_EBUG.into(), vec![])]);
+        assert_eq!(state(a), PJ_WEBSOCK_STATE_CLOSED);
+        assert_eq!(info(a).status, PJ_EBUG);
+        sees_end(&mut sa);
+        // A closed instance has no connection to fail.
+        fail_on_loop(idle);
+        assert_eq!(state(idle), PJ_WEBSOCK_STATE_CLOSED);
+
+        // `b` still works both ways.
+        sb.write_all(b"\x81\x05hello").unwrap();
+        let got = wait_calls(b, 2);
+        assert_eq!(got[1], ("rx", 1, b"hello".to_vec()));
+        assert_eq!(
+            unsafe { pj_websock_send(b, 2, b"ok".as_ptr().cast(), 2) },
+            PJ_SUCCESS
+        );
+        let mut f = [0u8; 8];
+        sb.read_exact(&mut f).unwrap();
+        let (h, n) = decode_header(&f).unwrap().unwrap();
+        let mut p = f[n..].to_vec();
+        apply_mask(&mut p, h.mask.unwrap(), 0);
+        assert_eq!((h.opcode, p.as_slice()), (2, &b"ok"[..]));
+
+        // Then open `b` fails: on_close with code 0, status PJ_EBUG.
+        fail_on_loop(b);
+        assert_eq!(wait_calls(b, 3)[2], ("close", 0, vec![]));
+        assert_eq!(state(b), PJ_WEBSOCK_STATE_CLOSED);
+        let i = info(b);
+        assert_eq!(
+            (i.initiator, i.status),
+            (
+                pj_websock_close_initiator::PJ_WEBSOCK_CLOSE_TRANSPORT,
+                PJ_EBUG
+            )
+        );
+        sees_end(&mut sb);
+
+        // Each connection failed once, `idle` was never called, and the
+        // failed instance connects again.
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(calls_of(a).len(), 1);
+        assert_eq!(calls_of(b).len(), 3);
+        assert!(calls_of(idle).is_empty());
+        connect(a);
+        let mut sa = accept();
+        read_request(&mut sa);
+        assert_eq!(state(a), PJ_WEBSOCK_STATE_CONNECTING);
+        for ws in [a, b, idle] {
+            // SAFETY: live instances, destroyed once.
+            assert_eq!(unsafe { pj_websock_destroy(ws) }, PJ_SUCCESS);
+        }
+        sees_end(&mut sa);
+        assert_eq!(calls_of(a).len(), 1, "destroy makes no callback");
+    }
 }

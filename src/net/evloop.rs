@@ -75,6 +75,7 @@ struct TimerSlot {
 
 struct Slot {
     gen: u32,
+    fd: RawFd,
     handler: Option<Arc<dyn Handler>>,
 }
 
@@ -303,7 +304,14 @@ impl EventLoop {
                 if let Some(h) = handler {
                     let h2 = h.clone();
                     if catch_unwind(AssertUnwindSafe(|| h.on_io(&mut ctx, token, flags))).is_err() {
-                        let _ = catch_unwind(AssertUnwindSafe(|| h2.on_panic(&mut ctx)));
+                        ctx.after_panic();
+                        if catch_unwind(AssertUnwindSafe(|| h2.on_panic(&mut ctx))).is_err() {
+                            ctx.after_panic();
+                        }
+                        // However on_panic went, the socket stops reporting
+                        // to a handler that failed (a level-triggered fd
+                        // would otherwise spin the loop).
+                        ctx.deregister_token(token);
                     }
                 }
             }
@@ -336,7 +344,9 @@ impl EventLoop {
             }
             for c in cmds {
                 // A panicking command must not take the loop down.
-                let _ = catch_unwind(AssertUnwindSafe(|| c(ctx)));
+                if catch_unwind(AssertUnwindSafe(|| c(ctx))).is_err() {
+                    ctx.after_panic();
+                }
             }
         }
     }
@@ -365,7 +375,10 @@ impl EventLoop {
                 Some(h) => {
                     let h2 = h.clone();
                     if catch_unwind(AssertUnwindSafe(|| h.on_timer(ctx))).is_err() {
-                        let _ = catch_unwind(AssertUnwindSafe(|| h2.on_panic(ctx)));
+                        ctx.after_panic();
+                        if catch_unwind(AssertUnwindSafe(|| h2.on_panic(ctx))).is_err() {
+                            ctx.after_panic();
+                        }
                     }
                 }
                 None => return,
@@ -412,6 +425,7 @@ impl LoopCtx {
             None => {
                 self.slots.push(Slot {
                     gen: 0,
+                    fd: -1,
                     handler: None,
                 });
                 (self.slots.len() - 1) as u32
@@ -431,7 +445,23 @@ impl LoopCtx {
             return Err(e);
         }
         slot.handler = Some(handler);
+        slot.fd = fd;
         Ok(token)
+    }
+
+    /// Drops what a panicking handler may have left half-written in the
+    /// shared buffers, so that nothing of it reaches another connection.
+    fn after_panic(&mut self) {
+        self.scratch.clear();
+    }
+
+    /// Removes `token`'s fd from epoll if `token` is still registered.
+    fn deregister_token(&mut self, token: Token) {
+        let fd = match self.slots.get(token.idx()) {
+            Some(slot) if slot.gen == token.gen() && slot.handler.is_some() => slot.fd,
+            _ => return,
+        };
+        self.deregister(fd, token);
     }
 
     /// Removes `fd` (registered as `token`) from epoll. The caller closes fd.
@@ -447,5 +477,300 @@ impl LoopCtx {
                 self.free.push(token.idx() as u32);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::panic::resume_unwind;
+    use std::sync::mpsc::{self, Receiver, Sender};
+    use std::thread::ThreadId;
+
+    const WAIT: Duration = Duration::from_secs(10);
+
+    /// What the loop reported to a probe handler.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    enum Seen {
+        Io(&'static str),
+        Timer(&'static str),
+        Panic(&'static str),
+        Barrier(u32, ThreadId),
+    }
+
+    /// A handler reading one pipe, told where to panic. Panics use
+    /// `resume_unwind` (no panic hook, so no noise on standard error); the
+    /// loop contains them exactly like `panic!`.
+    struct Probe {
+        name: &'static str,
+        /// Read end of its pipe; the write end is `wfd`.
+        fd: RawFd,
+        wfd: RawFd,
+        panic_io: bool,
+        panic_timer: bool,
+        /// `on_panic` itself panics (after deregistering).
+        panic_again: bool,
+        token: Mutex<Option<Token>>,
+        seen: Mutex<Sender<Seen>>,
+    }
+
+    impl Probe {
+        fn new(name: &'static str, seen: &Sender<Seen>) -> Probe {
+            let mut fds = [0; 2];
+            // SAFETY: fds has room for the two descriptors.
+            let r = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) };
+            assert_eq!(r, 0);
+            Probe {
+                name,
+                fd: fds[0],
+                wfd: fds[1],
+                panic_io: false,
+                panic_timer: false,
+                panic_again: false,
+                token: Mutex::new(None),
+                seen: Mutex::new(seen.clone()),
+            }
+        }
+
+        fn report(&self, s: Seen) {
+            let _ = self.seen.lock().unwrap_or_else(|e| e.into_inner()).send(s);
+        }
+
+        /// Makes its pipe readable.
+        fn poke(&self) {
+            // SAFETY: writes one byte from a valid buffer to our pipe.
+            assert_eq!(unsafe { libc::write(self.wfd, b"x".as_ptr().cast(), 1) }, 1);
+        }
+    }
+
+    impl Drop for Probe {
+        fn drop(&mut self) {
+            // SAFETY: both descriptors are ours.
+            unsafe {
+                libc::close(self.fd);
+                libc::close(self.wfd);
+            }
+        }
+    }
+
+    impl Handler for Probe {
+        fn on_io(self: Arc<Self>, _ctx: &mut LoopCtx, _token: Token, _events: u32) {
+            let mut buf = [0u8; 64];
+            // SAFETY: reads into a valid buffer (drains the pipe, so a
+            // level-triggered registration does not fire again).
+            while unsafe { libc::read(self.fd, buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
+            self.report(Seen::Io(self.name));
+            if self.panic_io {
+                resume_unwind(Box::new("probe panics in on_io"));
+            }
+        }
+
+        fn on_timer(self: Arc<Self>, _ctx: &mut LoopCtx) {
+            self.report(Seen::Timer(self.name));
+            if self.panic_timer {
+                resume_unwind(Box::new("probe panics in on_timer"));
+            }
+        }
+
+        fn on_panic(self: Arc<Self>, ctx: &mut LoopCtx) {
+            // Fail just this handler, as the client does: stop its I/O.
+            let token = self.token.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(t) = token {
+                ctx.deregister(self.fd, t);
+            }
+            self.report(Seen::Panic(self.name));
+            if self.panic_again {
+                resume_unwind(Box::new("probe panics in on_panic"));
+            }
+        }
+    }
+
+    /// Registers the probe's pipe from the loop thread.
+    fn register(lp: &'static EventLoop, p: &Arc<Probe>) {
+        let (tx, rx) = mpsc::channel();
+        let p2 = p.clone();
+        lp.post(move |ctx| {
+            let h: Arc<dyn Handler> = p2.clone();
+            let t = ctx.register(p2.fd, h, libc::EPOLLIN as u32);
+            *p2.token.lock().unwrap() = t.as_ref().ok().copied();
+            let _ = tx.send(t.is_ok());
+        });
+        assert_eq!(rx.recv_timeout(WAIT), Ok(true));
+    }
+
+    /// Runs a command on the loop and collects everything reported before
+    /// it; returns those reports and the loop thread's id.
+    fn barrier(
+        lp: &'static EventLoop,
+        seen: &Sender<Seen>,
+        rx: &Receiver<Seen>,
+    ) -> (Vec<Seen>, ThreadId) {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed) as u32;
+        let tx = seen.clone();
+        lp.post(move |_| {
+            let _ = tx.send(Seen::Barrier(n, std::thread::current().id()));
+        });
+        let mut before = vec![];
+        loop {
+            match rx.recv_timeout(WAIT).expect("the loop thread stopped") {
+                Seen::Barrier(m, id) if m == n => return (before, id),
+                s => before.push(s),
+            }
+        }
+    }
+
+    /// Waits until `want` was reported; returns everything up to it.
+    fn wait_for(rx: &Receiver<Seen>, want: &Seen) -> Vec<Seen> {
+        let mut got = vec![];
+        while got.last() != Some(want) {
+            got.push(
+                rx.recv_timeout(WAIT)
+                    .unwrap_or_else(|_| panic!("no {want:?} after {got:?}")),
+            );
+        }
+        got
+    }
+
+    /// The loop drops a failed handler once the batch that failed it ends.
+    fn wait_released(p: &Arc<Probe>) {
+        let t = Instant::now();
+        while Arc::strong_count(p) > 1 {
+            assert!(t.elapsed() < WAIT, "{} still held by the loop", p.name);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// A handler panicking in `on_io` gets `on_panic` (and nothing else),
+    /// is dropped once deregistered, and the same loop thread keeps serving
+    /// the other handlers, commands and timers. Also when `on_panic`
+    /// panics in turn, and when a posted command panics.
+    #[test]
+    fn panic_in_io_fails_only_that_handler() {
+        let lp = get().unwrap();
+        let (seen, rx) = mpsc::channel();
+        let mut bad = Probe::new("bad", &seen);
+        bad.panic_io = true;
+        let bad = Arc::new(bad);
+        let good = Arc::new(Probe::new("good", &seen));
+        let mut worse = Probe::new("worse", &seen);
+        worse.panic_io = true;
+        worse.panic_again = true;
+        let worse = Arc::new(worse);
+        for p in [&bad, &good, &worse] {
+            register(lp, p);
+        }
+        let (none, loop_thread) = barrier(lp, &seen, &rx);
+        assert!(none.is_empty(), "{none:?}");
+        assert_ne!(loop_thread, std::thread::current().id());
+
+        bad.poke();
+        assert_eq!(
+            wait_for(&rx, &Seen::Panic("bad")),
+            [Seen::Io("bad"), Seen::Panic("bad")]
+        );
+        wait_released(&bad);
+        good.poke();
+        assert_eq!(wait_for(&rx, &Seen::Io("good")), [Seen::Io("good")]);
+        // The failed handler hears nothing more.
+        bad.poke();
+        good.poke();
+        assert_eq!(wait_for(&rx, &Seen::Io("good")), [Seen::Io("good")]);
+        assert_eq!(barrier(lp, &seen, &rx), (vec![], loop_thread));
+
+        // on_panic panicking too does not take the loop down.
+        worse.poke();
+        assert_eq!(
+            wait_for(&rx, &Seen::Panic("worse")),
+            [Seen::Io("worse"), Seen::Panic("worse")]
+        );
+        wait_released(&worse);
+        worse.poke();
+        good.poke();
+        assert_eq!(wait_for(&rx, &Seen::Io("good")), [Seen::Io("good")]);
+
+        // A panicking command: the commands posted with it still run.
+        let tx = seen.clone();
+        lp.post(|_| resume_unwind(Box::new("command panics")));
+        lp.post(move |_| {
+            let _ = tx.send(Seen::Timer("command after"));
+        });
+        assert_eq!(
+            wait_for(&rx, &Seen::Timer("command after")),
+            [Seen::Timer("command after")]
+        );
+        assert_eq!(barrier(lp, &seen, &rx), (vec![], loop_thread));
+
+        // Good is still registered: deregister it and check it is released.
+        let g = good.clone();
+        let (tx, done) = mpsc::channel();
+        lp.post(move |ctx| {
+            let t = g.token.lock().unwrap().take().unwrap();
+            ctx.deregister(g.fd, t);
+            drop(g);
+            let _ = tx.send(());
+        });
+        done.recv_timeout(WAIT).unwrap();
+        wait_released(&good);
+        assert!(rx.try_recv().is_err());
+    }
+
+    /// A handler panicking in `on_timer` gets `on_panic`; other timers
+    /// (earlier, same time, later) still fire on the same loop thread.
+    #[test]
+    fn panic_in_timer_fails_only_that_handler() {
+        let lp = get().unwrap();
+        let (seen, rx) = mpsc::channel();
+        let mut bad = Probe::new("bad timer", &seen);
+        bad.panic_timer = true;
+        let bad = Arc::new(bad);
+        let first = Arc::new(Probe::new("first", &seen));
+        let same = Arc::new(Probe::new("same", &seen));
+        let later = Arc::new(Probe::new("later", &seen));
+        let (_, loop_thread) = barrier(lp, &seen, &rx);
+        let at = Instant::now() + Duration::from_millis(30);
+        lp.schedule(first.clone(), at - Duration::from_millis(10));
+        lp.schedule(bad.clone(), at);
+        lp.schedule(same.clone(), at);
+        lp.schedule(later.clone(), at + Duration::from_millis(20));
+        let mut got = wait_for(&rx, &Seen::Timer("later"));
+        let fired = got.iter().position(|s| *s == Seen::Timer("bad timer"));
+        let failed = got.iter().position(|s| *s == Seen::Panic("bad timer"));
+        assert_eq!(fired.map(|i| i + 1), failed, "{got:?}");
+        // Timers due at the same instant may run in either order.
+        got[1..4].sort_by_key(|s| format!("{s:?}"));
+        assert_eq!(
+            got,
+            [
+                Seen::Timer("first"),
+                Seen::Panic("bad timer"),
+                Seen::Timer("bad timer"),
+                Seen::Timer("same"),
+                Seen::Timer("later")
+            ]
+        );
+        assert!(
+            !matches!(
+                rx.try_recv(),
+                Ok(Seen::Timer(_) | Seen::Panic(_) | Seen::Io(_))
+            ),
+            "nothing more fires"
+        );
+        for p in [&bad, &first, &same, &later] {
+            wait_released(p);
+        }
+        // The panicking handler can be scheduled again; the loop is intact.
+        let mut again = Probe::new("again", &seen);
+        again.panic_timer = true;
+        let again = Arc::new(again);
+        lp.schedule(again.clone(), Instant::now());
+        assert_eq!(
+            wait_for(&rx, &Seen::Panic("again")),
+            [Seen::Timer("again"), Seen::Panic("again")]
+        );
+        let id = lp.schedule(later.clone(), Instant::now() + Duration::from_millis(5));
+        assert_eq!(wait_for(&rx, &Seen::Timer("later")), [Seen::Timer("later")]);
+        lp.cancel_timer(id); // already fired: a no-op
+        assert_eq!(barrier(lp, &seen, &rx), (vec![], loop_thread));
     }
 }

@@ -369,6 +369,24 @@ impl TlsStream {
         }
     }
 
+    /// After a failed write: the alert the peer sent before it reset the
+    /// connection, if one is still queued on the socket (e.g. a TLS 1.3
+    /// server's certificate_required, which arrives after our handshake
+    /// completed): PJ_WEBSOCK_ETLS then, rather than the write's error.
+    pub fn pending_alert(&mut self) -> Option<pj_status_t> {
+        let mut buf = [0u8; 256];
+        // OpenSSL files a received alert under reason 1000 + its code
+        // (SSL_AD_REASON_OFFSET); an unexpected EOF is not one.
+        let alert = |e: &openssl::ssl::Error| {
+            e.ssl_error()
+                .is_some_and(|st| st.errors().iter().any(|x| x.reason_code() >= 1000))
+        };
+        match self.stream.ssl_read(&mut buf) {
+            Err(e) if e.code() == ErrorCode::SSL && alert(&e) => Some(PJ_WEBSOCK_ETLS),
+            _ => None,
+        }
+    }
+
     /// Sends close_notify (best effort; the socket closes right after).
     pub fn shutdown(&mut self) {
         let _ = self.stream.shutdown();

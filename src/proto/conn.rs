@@ -113,16 +113,21 @@ fn whole_payload<'a>(
     op: OpCode,
     input: &'a [u8],
     pos: usize,
-) -> Option<Result<&'a [u8], ()>> {
+) -> Option<Result<&'a [u8], Violation>> {
     if !hdr.fin || !matches!(op, OpCode::Text | OpCode::Bin) {
         return None;
     }
     let len = usize::try_from(hdr.payload_len).ok()?;
     let data = input.get(pos..pos.checked_add(len)?)?;
     if op == OpCode::Text {
+        // The same reasons as when the message is reassembled piecewise
+        // (feed's slow path, take_message), however the bytes were split.
         let mut v = Utf8Validator::new();
-        if v.feed(data).is_err() || !v.is_complete() {
-            return Some(Err(()));
+        if v.feed(data).is_err() {
+            return Some(Err((close::INVALID_DATA, "invalid UTF-8")));
+        }
+        if !v.is_complete() {
+            return Some(Err((close::INVALID_DATA, "truncated UTF-8")));
         }
     }
     Some(Ok(data))
@@ -229,9 +234,7 @@ impl Conn {
                         };
                         return (pos + data.len(), Some(event));
                     }
-                    Some(Err(())) => {
-                        return self.fail((close::INVALID_DATA, "invalid UTF-8"), input, out, mask)
-                    }
+                    Some(Err(v)) => return self.fail(v, input, out, mask),
                     None => {}
                 }
                 self.start_frame(op, &hdr);
@@ -1182,6 +1185,272 @@ mod tests {
                 assert!(split == whole, "cut {cut} of {}", s.len());
             }
         }
+    }
+
+    /// Every failing input of the rules above, as (what, bytes, max_message,
+    /// close code we must send).
+    fn failing_cases() -> Vec<(String, Vec<u8>, usize, u16)> {
+        let mut cases = vec![];
+        let mut add = |what: &str, bytes: Vec<u8>, max: usize, code: u16| {
+            cases.push((what.to_string(), bytes, max, code));
+        };
+        for rsv in [0x40, 0x20, 0x10, 0x70] {
+            add("rsv text", raw(0x81 | rsv, b"x"), MAX, 1002);
+            add("rsv ping", raw(0x89 | rsv, b""), MAX, 1002);
+            add("rsv cont", raw(0x80 | rsv, b"x"), MAX, 1002);
+        }
+        for op in [3u8, 4, 5, 6, 7, 0xB, 0xC, 0xD, 0xE, 0xF] {
+            add("reserved opcode", raw(0x80 | op, b""), MAX, 1002);
+            add("reserved opcode, no fin", raw(op, b"ab"), MAX, 1002);
+        }
+        add("masked", vec![0x82, 0x81, 1, 2, 3, 4, 5], MAX, 1002);
+        add(
+            "masked 16-bit",
+            vec![0x81, 0xFE, 0, 126, 1, 2, 3, 4],
+            MAX,
+            1002,
+        );
+        add(
+            "64-bit length, top bit",
+            vec![0x82, 0x7F, 0x80, 0, 0, 0, 0, 0, 0, 0],
+            MAX,
+            1002,
+        );
+        add(
+            "64-bit length, top bit, small max",
+            vec![0x82, 0x7F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF],
+            100,
+            1002,
+        );
+        add("ping 126", sframe(true, OpCode::Ping, &[0; 126]), MAX, 1002);
+        add(
+            "pong 64-bit 126",
+            vec![0x8A, 0x7F, 0, 0, 0, 0, 0, 0, 0, 126],
+            MAX,
+            1002,
+        );
+        add(
+            "close 126",
+            sframe(true, OpCode::Close, &close_body(1000, &[b'a'; 124])),
+            MAX,
+            1002,
+        );
+        for op in [OpCode::Ping, OpCode::Pong, OpCode::Close] {
+            add("fragmented control", sframe(false, op, b""), MAX, 1002);
+            add("fragmented control", sframe(false, op, b"xy"), MAX, 1002);
+        }
+        add("cont first", sframe(true, OpCode::Cont, b"x"), MAX, 1002);
+        add(
+            "cont first, no fin",
+            sframe(false, OpCode::Cont, b"x"),
+            MAX,
+            1002,
+        );
+        let mut s = sframe(true, OpCode::Text, b"done");
+        s.extend(sframe(true, OpCode::Cont, b"x"));
+        add("cont after a whole message", s, MAX, 1002);
+        for (a, b) in [
+            (OpCode::Text, OpCode::Text),
+            (OpCode::Bin, OpCode::Bin),
+            (OpCode::Text, OpCode::Bin),
+            (OpCode::Bin, OpCode::Text),
+        ] {
+            let mut s = sframe(false, a, b"a");
+            s.extend(sframe(true, b, b"b"));
+            add("new data frame mid-message", s, MAX, 1002);
+            let mut s = sframe(false, a, b"a");
+            s.extend(sframe(false, OpCode::Cont, b"b"));
+            s.extend(sframe(true, OpCode::Ping, b"mid"));
+            s.extend(sframe(false, b, b"c"));
+            add("new data frame after cont and ping", s, MAX, 1002);
+        }
+        for bad in [
+            &b"\xC0\x80"[..],
+            b"\xE0\x80\x80",
+            b"\xF0\x80\x80\x80",
+            b"\xED\xA0\x80",
+            b"\xED\xBF\xBF",
+            b"\xF4\x90\x80\x80",
+            b"\x80",
+            b"\xFE",
+            b"\xFF",
+            b"a\xE2\x82",
+            b"ok \xE2\x28\xA1",
+            b"\xF0\x9F\x98",
+        ] {
+            add("invalid text", sframe(true, OpCode::Text, bad), MAX, 1007);
+            let mut long = vec![b'a'; 150];
+            long.extend_from_slice(bad);
+            long.extend_from_slice(&[b'z'; 20]);
+            add(
+                "invalid text, 16-bit length",
+                sframe(true, OpCode::Text, &long),
+                MAX,
+                1007,
+            );
+        }
+        // Code points split across fragments that turn out invalid.
+        for (first, second) in [
+            (&b"a\xE2"[..], &b"\x28"[..]),
+            (b"\xF0\x9F", b"\x98\x41"),
+            (b"\xED", b"\xA0\x80"),
+            (b"\xC3", b""),
+        ] {
+            let mut s = sframe(false, OpCode::Text, first);
+            s.extend(sframe(true, OpCode::Cont, second));
+            add("split code point", s, MAX, 1007);
+            let mut s = sframe(false, OpCode::Text, first);
+            s.extend(sframe(true, OpCode::Ping, b"between"));
+            s.extend(sframe(false, OpCode::Cont, second));
+            s.extend(sframe(true, OpCode::Cont, b"tail"));
+            add("split code point around a ping", s, MAX, 1007);
+        }
+        let mut s = sframe(false, OpCode::Text, "κό".as_bytes());
+        s.extend(sframe(false, OpCode::Cont, &[b'q'; 130]));
+        s.extend(sframe(true, OpCode::Cont, b"\xED\xA0\x80"));
+        add("invalid in a later fragment", s, MAX, 1007);
+        let mut s = sframe(false, OpCode::Text, b"a\xE2");
+        s.extend(sframe(true, OpCode::Cont, b"\x82"));
+        add("truncated at fin across fragments", s, MAX, 1007);
+        for code in [0, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, 65535] {
+            add(
+                "bad close code",
+                sframe(true, OpCode::Close, &close_body(code, b"why")),
+                MAX,
+                1002,
+            );
+        }
+        add(
+            "1-byte close",
+            sframe(true, OpCode::Close, b"\x03"),
+            MAX,
+            1002,
+        );
+        for reason in [&b"\xED\xA0\x80"[..], b"ok\xFF", b"cut \xE2\x82"] {
+            add(
+                "invalid close reason",
+                sframe(true, OpCode::Close, &close_body(1000, reason)),
+                MAX,
+                1007,
+            );
+        }
+        add("too big", sframe(true, OpCode::Bin, &[0; 101]), 100, 1009);
+        add(
+            "too big, 16-bit length",
+            sframe(true, OpCode::Text, &[b'a'; 300]),
+            100,
+            1009,
+        );
+        add(
+            "too big, 64-bit length",
+            vec![0x82, 0x7F, 0, 0, 0, 1, 0, 0, 0, 0, 1, 2, 3],
+            MAX,
+            1009,
+        );
+        let mut s = sframe(false, OpCode::Text, &[b'a'; 60]);
+        s.extend(sframe(true, OpCode::Pong, b"p"));
+        s.extend(sframe(true, OpCode::Cont, &[b'a'; 41]));
+        add("too big across fragments", s, 100, 1009);
+        cases
+    }
+
+    /// Decoded client frames: (fin, opcode, unmasked payload).
+    type ClientFrames = Vec<(bool, u8, Vec<u8>)>;
+
+    /// Events and decoded client frames. The 1007 reason for text ending
+    /// inside a character ("truncated UTF-8") is the same whether the
+    /// message arrived in one input or was reassembled across inputs.
+    fn events_and_frames(
+        (events, out): (Vec<Event<'static>>, Vec<u8>),
+    ) -> (Vec<Event<'static>>, ClientFrames) {
+        (events, client_frames(&out))
+    }
+
+    /// Every failing input, whole, split in two at every boundary and fed
+    /// byte by byte, by `feed`, through direct payload reads and with
+    /// whole-message batching: the same events (those before the failure,
+    /// then the error, nothing after) and the same frames sent (pongs, then
+    /// exactly one close with the error's code).
+    #[test]
+    fn failing_streams_split_at_every_boundary() {
+        // Delivered before the failure.
+        let mut prefix = sframe(true, OpCode::Text, "héllo".as_bytes());
+        prefix.extend(sframe(true, OpCode::Ping, b"pp"));
+        prefix.extend(sframe(true, OpCode::Bin, &[5; 90]));
+        let mut before = run(&prefix).0;
+        assert_eq!(before.len(), 3);
+        // Must never be delivered or answered.
+        let mut suffix = sframe(true, OpCode::Text, b"after");
+        suffix.extend(sframe(true, OpCode::Ping, b"late"));
+        suffix.extend(sframe(true, OpCode::Close, &close_body(1000, b"")));
+        let mut checked = 0;
+        for (what, case, max, code) in failing_cases() {
+            for with_prefix in [false, true] {
+                let mut s = if with_prefix { prefix.clone() } else { vec![] };
+                s.extend_from_slice(&case);
+                s.extend_from_slice(&suffix);
+                let whole = drive(&mut Conn::new(max), [&s[..]]);
+                let (events, out) = &whole;
+                // The outcome itself: the error last, our close carrying its
+                // code and reason as the last (and only) close frame.
+                let Some(Event::ProtocolError { code: c, reason }) = events.last() else {
+                    panic!("{what}: {events:?}");
+                };
+                assert_eq!(*c, code, "{what}");
+                if with_prefix {
+                    before.truncate(3);
+                    assert!(events[..3] == before[..], "{what}: {events:?}");
+                }
+                let frames = client_frames(out);
+                let closes: Vec<_> = frames.iter().filter(|f| f.1 == 8).collect();
+                assert_eq!(closes.len(), 1, "{what}");
+                assert_eq!(
+                    frames.last(),
+                    Some(&(true, 8, close_body(code, reason.as_bytes()))),
+                    "{what}"
+                );
+                assert!(
+                    frames.iter().all(|f| f.2 != b"late"),
+                    "{what}: answered a ping after the failure"
+                );
+                let (want_events, want_frames) = events_and_frames(whole.clone());
+                let same = |got: (Vec<Event<'static>>, Vec<u8>), how: &str| {
+                    let (events, frames) = events_and_frames(got);
+                    assert!(
+                        events == want_events,
+                        "{what} {how} ({} bytes): {events:?} vs {want_events:?}",
+                        s.len(),
+                    );
+                    assert_eq!(frames, want_frames, "{what} {how}");
+                };
+                let modes = [
+                    (None, false),
+                    (Some(1), false),
+                    (Some(100), false),
+                    (None, true),
+                ];
+                for (direct, batched) in modes {
+                    let how = format!("direct {direct:?} batched {batched}");
+                    let conn = || Conn::new(max);
+                    same(
+                        drive_modes(&mut conn(), [&s[..]], direct, batched),
+                        &format!("whole, {how}"),
+                    );
+                    same(
+                        drive_modes(&mut conn(), s.chunks(1), direct, batched),
+                        &format!("bytewise, {how}"),
+                    );
+                    for cut in 0..=s.len() {
+                        same(
+                            drive_modes(&mut conn(), [&s[..cut], &s[cut..]], direct, batched),
+                            &format!("cut {cut}, {how}"),
+                        );
+                    }
+                }
+                checked += 1;
+            }
+        }
+        assert!(checked > 100, "{checked}");
     }
 
     /// Random valid message streams, random splits: events equal the model.

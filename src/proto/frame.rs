@@ -69,6 +69,20 @@ pub struct FrameHeader {
     pub payload_len: u64,
 }
 
+/// Bytes on the wire of a masked (client) frame carrying `payload_len`
+/// bytes: header, masking key and payload.
+#[inline]
+pub fn masked_frame_len(payload_len: usize) -> usize {
+    let ext = if payload_len < 126 {
+        0
+    } else if payload_len <= 0xFFFF {
+        2
+    } else {
+        8
+    };
+    2 + ext + 4 + payload_len
+}
+
 /// Writes a client frame header (mask bit set when `mask` is `Some`) into
 /// `out` and returns its length. Always uses the minimal length encoding.
 /// Lengths ≥ 2^63 cannot come from a slice; their top bit is dropped.
@@ -501,6 +515,15 @@ mod tests {
                 assert!(n <= len && n <= MAX_HEADER_LEN);
                 assert!(h.rsv < 8 && h.opcode < 16 && h.payload_len >> 63 == 0);
             }
+        }
+    }
+
+    #[test]
+    fn masked_frame_len_matches_encoding() {
+        for len in [0usize, 1, 125, 126, 127, 0xFFFF, 0x1_0000, 1 << 20] {
+            let mut out = Vec::new();
+            encode_frame(&mut out, true, OpCode::Bin, &vec![7u8; len], [1, 2, 3, 4]);
+            assert_eq!(masked_frame_len(len), out.len(), "payload {len}");
         }
     }
 

@@ -495,9 +495,9 @@ mod tests {
         assert_eq!(h.feed(b"more").unwrap().map(|x| x.0), Some(0));
     }
 
-    #[test]
-    fn rejected_responses() {
-        let cases: Vec<(String, Option<&[u8]>, HandshakeError)> = vec![
+    /// Responses that must be rejected: (response, offered protocols, error).
+    fn rejected_cases() -> Vec<(String, Option<&'static [u8]>, HandshakeError)> {
+        vec![
             (
                 "HTTP/1.1 200 OK\r\n\r\n".into(),
                 None,
@@ -604,14 +604,170 @@ mod tests {
                 Some(b"chat"),
                 HandshakeError::BadSubprotocol,
             ),
-        ];
-        for (resp, protos, err) in cases {
+        ]
+    }
+
+    #[test]
+    fn rejected_responses() {
+        for (resp, protos, err) in rejected_cases() {
             let mut h = hs(protos);
             assert_eq!(h.feed(resp.as_bytes()), Err(err.clone()), "{resp:?}");
             assert_eq!(h.response_head(), resp.as_bytes());
             // The failure is sticky.
             assert_eq!(h.feed(b"x"), Err(err));
         }
+    }
+
+    /// Feeds `chunks` in order until the handshake finishes; every earlier
+    /// call must ask for more. Returns the outcome and the index of the
+    /// chunk that finished it (`usize::MAX` if none did).
+    fn feed_until_done<'c>(
+        h: &mut Handshake,
+        chunks: impl IntoIterator<Item = &'c [u8]>,
+    ) -> (Result<Option<(usize, Response)>, HandshakeError>, usize) {
+        for (i, chunk) in chunks.into_iter().enumerate() {
+            match h.feed(chunk) {
+                Ok(None) => {}
+                done => return (done, i),
+            }
+        }
+        (Ok(None), usize::MAX)
+    }
+
+    /// Every rejected response, followed by frame-like bytes, split in two
+    /// at every boundary and fed byte by byte: the same error from the
+    /// call that completes the head (never earlier), the same captured head
+    /// (status line and headers, nothing past it), and the failure sticks.
+    #[test]
+    fn rejected_responses_any_split() {
+        let mut cases = rejected_cases();
+        let many = (0..200)
+            .map(|i| format!("X-H{i}: v\r\n"))
+            .collect::<String>();
+        cases.push((response(&many), None, HandshakeError::TooLarge));
+        cases.push((
+            "HTTP/1.1 503 Busy\nRetry-After: 1\n\n".into(),
+            None,
+            HandshakeError::BadStatus(503),
+        ));
+        for (resp, protos, err) in cases {
+            let head = resp.as_bytes();
+            let mut bytes = head.to_vec();
+            bytes.extend_from_slice(b"\x81\x02hi\r\n\r\n");
+            let check = |cuts: &[usize], how: &str| {
+                let mut h = hs(protos);
+                let mut chunks = vec![];
+                let mut prev = 0;
+                for &c in cuts.iter().chain([&bytes.len()]) {
+                    chunks.push(&bytes[prev..c]);
+                    prev = c;
+                }
+                let (res, at) = feed_until_done(&mut h, chunks.iter().copied());
+                assert_eq!(res, Err(err.clone()), "{resp:?} {how}");
+                // Finished by the chunk holding the head's last byte.
+                let ends: usize = chunks[..=at].iter().map(|c| c.len()).sum();
+                assert!(
+                    ends >= head.len() && ends - chunks[at].len() < head.len(),
+                    "{resp:?} {how}: finished at chunk {at}"
+                );
+                assert_eq!(h.response_head(), head, "{how}");
+                assert_eq!(h.feed(b"HTTP/1.1 101\r\n\r\n"), Err(err.clone()), "{how}");
+                assert_eq!(h.response_head(), head, "{how}");
+            };
+            for cut in 0..=bytes.len() {
+                check(&[cut], &format!("cut {cut}"));
+            }
+            let all: Vec<usize> = (1..bytes.len()).collect();
+            check(&all, "bytewise");
+            // Empty chunks in between change nothing.
+            let mut stutter: Vec<usize> = (0..bytes.len()).flat_map(|i| [i, i]).collect();
+            stutter.remove(0);
+            check(&stutter, "with empty chunks");
+        }
+    }
+
+    /// A head that never ends is cut off at `MAX_RESPONSE_HEAD` bytes however
+    /// it arrives: the call that reaches the bound fails with `TooLarge`,
+    /// exactly the first `MAX_RESPONSE_HEAD` bytes are kept, every earlier
+    /// call asks for more. One byte less than the bound (with its end) is
+    /// accepted at every split; one more is rejected.
+    #[test]
+    fn endless_head_cut_off_at_bound_any_split() {
+        let mut endless = b"HTTP/1.1 101 Switching Protocols\r\n".to_vec();
+        let mut i = 0;
+        while endless.len() < MAX_RESPONSE_HEAD + 3000 {
+            endless
+                .extend_from_slice(format!("X-Endless-{i}: {}\r\n", "v".repeat(i % 97)).as_bytes());
+            i += 1;
+        }
+        let check = |bytes: &[u8], cuts: &[usize], how: &str| {
+            let mut h = hs(None);
+            let mut chunks = vec![];
+            let mut prev = 0;
+            for &c in cuts.iter().chain([&bytes.len()]) {
+                chunks.push(&bytes[prev..c]);
+                prev = c;
+            }
+            let (res, at) = feed_until_done(&mut h, chunks.iter().copied());
+            assert_eq!(res, Err(HandshakeError::TooLarge), "{how}");
+            let ends: usize = chunks[..=at].iter().map(|c| c.len()).sum();
+            assert!(
+                ends >= MAX_RESPONSE_HEAD && ends - chunks[at].len() < MAX_RESPONSE_HEAD,
+                "{how}: failed at chunk {at} ending at {ends}"
+            );
+            assert!(h.response_head() == &bytes[..MAX_RESPONSE_HEAD], "{how}");
+            assert_eq!(h.feed(b"\r\n\r\n"), Err(HandshakeError::TooLarge));
+            assert_eq!(h.response_head().len(), MAX_RESPONSE_HEAD);
+        };
+        for cut in 0..=endless.len() {
+            check(&endless, &[cut], &format!("cut {cut}"));
+        }
+        let all: Vec<usize> = (1..endless.len()).collect();
+        check(&endless, &all, "bytewise");
+        let mut rng = SmallRng::seed_from_u64(22);
+        for _ in 0..200 {
+            let mut cuts: Vec<usize> = (0..rng.random_range(1..40))
+                .map(|_| rng.random_range(0..=endless.len()))
+                .collect();
+            cuts.sort_unstable();
+            check(&endless, &cuts, &format!("cuts {cuts:?}"));
+        }
+        // The same head with its end placed exactly at the bound is
+        // accepted, one byte later it is not.
+        let base = response("X-Pad: \r\n").len();
+        let at_bound = response(&format!(
+            "X-Pad: {}\r\n",
+            "a".repeat(MAX_RESPONSE_HEAD - base)
+        ));
+        let over = response(&format!(
+            "X-Pad: {}\r\n",
+            "a".repeat(MAX_RESPONSE_HEAD - base + 1)
+        ));
+        assert_eq!(
+            (at_bound.len(), over.len()),
+            (MAX_RESPONSE_HEAD, MAX_RESPONSE_HEAD + 1)
+        );
+        let mut with_frame = at_bound.clone().into_bytes();
+        with_frame.extend_from_slice(b"\x81\x00");
+        for cut in (0..=with_frame.len())
+            .step_by(7)
+            .chain(MAX_RESPONSE_HEAD - 8..=with_frame.len())
+        {
+            let mut h = hs(None);
+            let (res, at) = feed_until_done(&mut h, [&with_frame[..cut], &with_frame[cut..]]);
+            let used = res.unwrap().unwrap().0;
+            let before = if at == 0 { 0 } else { cut };
+            assert_eq!(before + used, MAX_RESPONSE_HEAD, "cut {cut}");
+            assert!(h.response_head() == at_bound.as_bytes());
+        }
+        for cut in (0..=over.len())
+            .step_by(7)
+            .chain(MAX_RESPONSE_HEAD - 8..=over.len())
+        {
+            check(over.as_bytes(), &[cut], &format!("over, cut {cut}"));
+        }
+        let all: Vec<usize> = (1..over.len()).collect();
+        check(over.as_bytes(), &all, "over, bytewise");
     }
 
     #[test]
