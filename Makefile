@@ -28,7 +28,7 @@ CBINDGEN := $(TOOLS)/bin/cbindgen
 HEADER   := include/pjwebsock/websock.h
 
 CFLAGS_TEST := -std=c11 -D_GNU_SOURCE -g -O1 -Wall -Wextra -Werror -Iinclude -Ic-tests
-LDFLAGS_TEST := -L$(BUILD)/lib -lpjwebsock -Wl,-rpath,$(BUILD)/lib -lpthread
+LDFLAGS_TEST := -L$(BUILD)/lib -lpjwebsock -Wl,-rpath,$(BUILD)/lib -lpthread -ldl
 
 RUST_SRC := $(shell find src -name '*.rs' -o -name '*.c') Cargo.toml build.rs
 CTEST_SRC := $(wildcard c-tests/test_*.c)
@@ -36,7 +36,7 @@ CTESTS   := $(patsubst c-tests/%.c,$(BUILD)/c-tests/%,$(CTEST_SRC))
 EXAMPLE_SRC := $(wildcard examples-c/*.c)
 EXAMPLES := $(patsubst examples-c/%.c,$(BUILD)/examples/%,$(EXAMPLE_SRC))
 
-.PHONY: all lib demo test test-rust test-c test-valgrind test-tls test-conformance test-fuzz-replay test-pjlib \
+.PHONY: all lib demo test test-rust test-c test-valgrind test-tls test-conformance test-fuzz-replay test-pjlib test-readme \
         fuzz bench bench-smoke check-header header \
         c-tests examples deps venv install uninstall clean check-symbols
 
@@ -95,6 +95,14 @@ check-header-compiles: $(HEADER)
 	mkdir -p $(BUILD)
 	$(CC) -std=c99 -pedantic -Wall -Wextra -Werror -Iinclude -c c-tests/header_alone.c -o $(BUILD)/header_alone.o
 	$(CXX) -std=c++11 -Wall -Wextra -Werror -Iinclude -c c-tests/header_cxx.cpp -o $(BUILD)/header_cxx.o
+	@# after stand-ins of pjlib's headers (written from the documented ABI),
+	@# from pj/types.h alone (level 1) to pjlib-util/websock.h (level 3)
+	for lvl in 1 2 3; do \
+	  $(CC) -std=c11 -pedantic -Wall -Wextra -Werror -Ic-tests/fake_pjlib -Iinclude -DFAKE_PJLIB_LEVEL=$$lvl \
+	    -c c-tests/header_after_pjlib.c -o $(BUILD)/header_after_pjlib.$$lvl.o || exit 1; \
+	  $(CXX) -x c++ -std=c++11 -pedantic -Wall -Wextra -Werror -Ic-tests/fake_pjlib -Iinclude -DFAKE_PJLIB_LEVEL=$$lvl \
+	    -c c-tests/header_after_pjlib.c -o $(BUILD)/header_after_pjlib_cxx.$$lvl.o || exit 1; \
+	done
 
 # Only the pj_websock_* API is exported from the shared library.
 check-symbols: lib
@@ -122,6 +130,7 @@ test: deps
 	@rm -f $(BUILD)/test-logs/stages.log
 	@bash tests/stage.sh "cargo test" $(MAKE) --no-print-directory test-rust
 	@bash tests/stage.sh "build" $(MAKE) --no-print-directory lib c-tests examples
+	@bash tests/stage.sh "readme examples" $(MAKE) --no-print-directory test-readme
 	@bash tests/stage.sh "header" $(MAKE) --no-print-directory check-header check-header-compiles check-symbols check-install
 	@bash tests/stage.sh "venv" $(MAKE) --no-print-directory venv
 	@bash tests/stage.sh "c tests" $(MAKE) --no-print-directory test-c
@@ -132,6 +141,10 @@ test: deps
 	@bash tests/stage.sh "fuzz corpus replay" $(MAKE) --no-print-directory test-fuzz-replay
 	@bash tests/stage.sh "bench smoke" $(MAKE) --no-print-directory bench-smoke
 	@bash tests/summary.sh
+
+# Every complete C program (```c block with int main) in README.md compiles and links.
+test-readme: lib
+	$(PYTHON) tests/readme_examples.py
 
 test-rust:
 	$(CARGO) test --release --lib -q

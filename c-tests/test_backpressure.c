@@ -5,7 +5,10 @@
  *    and in order and the buffered amount drains to 0;
  *  - with pj_websock_set_max_buffered(8 MiB) a send eventually returns
  *    PJ_EBUSY and queues nothing; smaller messages that still fit are
- *    accepted; the accepted ones all arrive afterwards. */
+ *    accepted; the accepted ones all arrive afterwards;
+ *  - without pj_websock_set_max_buffered the mark is 64 MiB: 1 MiB sends
+ *    are refused once more than 63 MiB are queued, never before, and the
+ *    accepted ones all arrive afterwards. */
 #include "common.h"
 
 #include <stdio.h>
@@ -167,6 +170,34 @@ out:;
 
 #define HWM (8 * MiB)
 enum { MAX_TRIES = 200 };
+/* a 1 MiB binary frame on the wire: 2-byte header, 64-bit length, mask */
+#define FRAME_LEN (MSG_SIZE + 2 + 8 + 4)
+
+/* What sending 1 MiB messages to a paused peer until a send fails gave. */
+typedef struct fill_result {
+    uint32_t n_ok;       /* messages accepted */
+    pj_status_t rc;      /* the first failure (PJ_SUCCESS if max_tries ran out) */
+    size_t before;       /* buffered amount just before the refused send */
+    size_t after;        /* ... and just after it */
+    size_t max_accepted; /* largest buffered amount after an accepted send */
+} fill_result;
+
+static fill_result fill_until_refused(pj_websock *ws, unsigned char *buf, size_t *lens, uint32_t max_tries)
+{
+    fill_result r = {0, PJ_SUCCESS, 0, 0, 0};
+    while (r.n_ok < max_tries) {
+        make_msg(buf, MSG_SIZE, r.n_ok);
+        r.before = pj_websock_get_buffered_amount(ws);
+        r.rc = pj_websock_send(ws, PJ_WEBSOCK_OP_BIN, buf, MSG_SIZE);
+        r.after = pj_websock_get_buffered_amount(ws);
+        if (r.rc != PJ_SUCCESS)
+            break;
+        if (r.after > r.max_accepted)
+            r.max_accepted = r.after;
+        lens[r.n_ok++] = MSG_SIZE;
+    }
+    return r;
+}
 
 static struct {
     int ran;
@@ -199,16 +230,10 @@ static void case_ebusy(t_case *tc, void *arg)
     buf = malloc(MSG_SIZE);
     T_REQUIRE(tc, buf, "malloc");
 
-    size_t before = 0, after = 0;
-    while (n_ok < MAX_TRIES) {
-        make_msg(buf, MSG_SIZE, n_ok);
-        before = pj_websock_get_buffered_amount(c.ws);
-        rc = pj_websock_send(c.ws, PJ_WEBSOCK_OP_BIN, buf, MSG_SIZE);
-        after = pj_websock_get_buffered_amount(c.ws);
-        if (rc != PJ_SUCCESS)
-            break;
-        lens[n_ok++] = MSG_SIZE;
-    }
+    fill_result f = fill_until_refused(c.ws, buf, lens, MAX_TRIES);
+    size_t before = f.before, after = f.after;
+    n_ok = f.n_ok;
+    rc = f.rc;
     double t_busy = now_ms();
     printf("# %u MiB accepted before %s; buffered before the refused send %zu, after %zu\n", n_ok, st(rc), before,
            after);
@@ -218,7 +243,7 @@ static void case_ebusy(t_case *tc, void *arg)
     T_CHECK(tc, after <= before, "refused send queued data: buffered %zu -> %zu", before, after);
     g_hwm.ran = 1;
     g_hwm.buffered_before_busy = before;
-    g_hwm.frame_len = MSG_SIZE;
+    g_hwm.frame_len = FRAME_LEN;
 
     /* a refused send is not a latch: refused again, and still OPEN */
     rc = pj_websock_send(c.ws, PJ_WEBSOCK_OP_BIN, buf, MSG_SIZE);
@@ -259,6 +284,67 @@ static void case_ebusy_counts_new_frame(t_case *tc, void *arg)
 out:;
 }
 
+/* ---- default high-water mark ---------------------------------------- */
+
+#define DEFAULT_HWM (64 * MiB)
+enum { MAX_TRIES_DEFAULT = 100 };
+
+/* No pj_websock_set_max_buffered: 1 MiB messages to a paused peer until
+ * PJ_EBUSY. The refusal comes when the queue plus the new frame would
+ * exceed 64 MiB, i.e. with more than 63 MiB queued, and the queue never
+ * holds more than 64 MiB. */
+static void case_default_mark(t_case *tc, void *arg)
+{
+    (void)arg;
+    char url[512];
+    char path[64];
+    tctx c;
+    pj_websock_param p;
+    unsigned char *buf = NULL;
+    size_t lens[MAX_TRIES_DEFAULT + 1];
+    int pause_ms = under_valgrind() ? 15000 : 3000;
+    uint32_t n_ok = 0;
+    pj_status_t rc = PJ_SUCCESS;
+    tctx_init(&c);
+    snprintf(path, sizeof(path), "/pause?ms=%d", pause_ms);
+    if (!need_url(tc, url, sizeof(url), "WS_ECHO_URL", path))
+        goto out;
+    tctx_param(&c, &p);
+    p.max_rx_msg_size = 2 * MiB;
+    T_REQUIRE(tc, tctx_open(tc, &c, &p, url, NULL), "open failed");
+    double t_open = now_ms();
+    buf = malloc(MSG_SIZE);
+    T_REQUIRE(tc, buf, "malloc");
+
+    fill_result f = fill_until_refused(c.ws, buf, lens, MAX_TRIES_DEFAULT);
+    size_t before = f.before, after = f.after, max_accepted = f.max_accepted;
+    n_ok = f.n_ok;
+    rc = f.rc;
+    double t_busy = now_ms();
+    printf("# %u MiB accepted in %.0f ms before %s; buffered before the refused send %zu (64 MiB - %ld), "
+           "after %zu, largest %zu\n",
+           n_ok, t_busy - t_open, st(rc), before, (long)DEFAULT_HWM - (long)before, after, max_accepted);
+    T_REQUIRE(tc, rc == PJ_EBUSY, "after %u MiB to a paused peer send returned %s, want PJ_EBUSY", n_ok, st(rc));
+    T_REQUIRE(tc, t_busy - t_open < pause_ms, "peer pause expired before the mark was reached; inconclusive");
+    T_CHECK(tc, before + FRAME_LEN > DEFAULT_HWM, "PJ_EBUSY with %zu bytes queued: a 1 MiB frame more fits the 64 MiB mark",
+            before);
+    T_CHECK(tc, before <= DEFAULT_HWM, "%zu bytes queued when PJ_EBUSY came: above the 64 MiB mark", before);
+    T_CHECK(tc, max_accepted <= DEFAULT_HWM, "the queue held %zu bytes: above the 64 MiB mark", max_accepted);
+    T_CHECK(tc, after <= before, "refused send queued data: buffered %zu -> %zu", before, after);
+
+    /* after the pause everything accepted arrives intact and in order */
+    T_REQUIRE(tc, tctx_wait_rx(&c, n_ok, tmo(60000) + pause_ms), "only %zu of %u echoes", c.n_rx, n_ok);
+    T_CHECK(tc, c.n_close == 0, "on_close(%u) during the transfer", c.close_code);
+    check_echoes(tc, &c, n_ok, lens);
+    T_CHECK(tc, wait_drained(c.ws, tmo(5000)), "buffered amount stays %zu", pj_websock_get_buffered_amount(c.ws));
+    tctx_close_wait(tc, &c, 1000, NULL);
+out:
+    free(buf);
+    if (c.ws)
+        pj_websock_destroy(c.ws);
+    tctx_free(&c);
+}
+
 int main(void)
 {
     t_run("64 MiB to a paused peer: buffered amount grows, echoes intact, drains to 0", case_queue_64mib, NULL);
@@ -266,5 +352,7 @@ int main(void)
     t_run("PJ_EBUSY at the high-water mark, nothing queued, accepted data arrives", case_ebusy, NULL);
     t_run("high-water mark counts the new frame (buffered never above the mark)", case_ebusy_counts_new_frame,
           NULL);
+    t_run("default high-water mark 64 MiB: PJ_EBUSY with more than 63 MiB queued, echoes intact",
+          case_default_mark, NULL);
     return t_done();
 }

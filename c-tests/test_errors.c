@@ -1,6 +1,7 @@
 /* Connect failures: refused port, unresolvable name, black-holed address
  * with a connect timeout, slow handshake with a connect timeout, every
- * kind of bad handshake response (raw_server.py /hs-*), wrong-state calls,
+ * kind of bad handshake response (raw_server.py /hs-*), wrong-state calls
+ * (pj_websock_send while CONNECTING is PJ_EINVALIDOP and sends nothing),
  * and aborting a pending connect with pj_websock_close (PJ_ECANCELLED).
  * pj_websock_connect must return at once (no blocking DNS or connect). */
 #include "common.h"
@@ -184,6 +185,72 @@ out:
     finish(&c);
 }
 
+/* pj_websock_send while CONNECTING: PJ_EINVALIDOP for every opcode, nothing
+ * queued. During the TCP connect (black hole) the attempt is then aborted;
+ * during the handshake (the server delays its 101) the connection then
+ * opens and the first echo is the first message sent after opening, so
+ * the refused ones never went out. */
+typedef struct connecting_send_case {
+    int blackhole;
+} connecting_send_case;
+
+static void case_send_while_connecting(t_case *tc, void *arg)
+{
+    const connecting_send_case *cs = arg;
+    static const char probe[] = "first after open";
+    char url[512];
+    tctx c;
+    tctx_init(&c);
+    if (cs->blackhole) {
+        if (!blackhole_url(tc, url, sizeof(url)))
+            goto out;
+    } else if (!need_url(tc, url, sizeof(url), "WS_ECHO_URL", "/slowhs?ms=1000")) {
+        goto out;
+    }
+    T_REQUIRE(tc, start_connect(tc, &c, url, NULL) >= 0, "connect failed");
+    /* the black hole never answers, /slowhs answers after 1 s: CONNECTING */
+    T_REQUIRE(tc, pj_websock_get_state(c.ws) == PJ_WEBSOCK_STATE_CONNECTING, "state %s right after connect",
+              state_name(pj_websock_get_state(c.ws)));
+    pj_status_t rc = pj_websock_send(c.ws, PJ_WEBSOCK_OP_TEXT, "refused", 7);
+    T_CHECK(tc, rc == PJ_EINVALIDOP, "send(TEXT) while CONNECTING: %s, want PJ_EINVALIDOP", st(rc));
+    rc = pj_websock_send(c.ws, PJ_WEBSOCK_OP_BIN, "\x01\x02\x03", 3);
+    T_CHECK(tc, rc == PJ_EINVALIDOP, "send(BIN) while CONNECTING: %s, want PJ_EINVALIDOP", st(rc));
+    rc = pj_websock_send(c.ws, PJ_WEBSOCK_OP_BIN, NULL, 0);
+    T_CHECK(tc, rc == PJ_EINVALIDOP, "send(BIN, empty) while CONNECTING: %s, want PJ_EINVALIDOP", st(rc));
+    rc = pj_websock_send(c.ws, PJ_WEBSOCK_OP_PING, "p", 1);
+    T_CHECK(tc, rc == PJ_EINVALIDOP, "send(PING) while CONNECTING: %s, want PJ_EINVALIDOP", st(rc));
+    T_CHECK(tc, pj_websock_get_buffered_amount(c.ws) == 0, "buffered amount %zu after refused sends",
+            (size_t)pj_websock_get_buffered_amount(c.ws));
+    T_REQUIRE(tc, pj_websock_get_state(c.ws) == PJ_WEBSOCK_STATE_CONNECTING && c.n_connect == 0,
+              "state %s, on_connect %d (%s) during the refused sends: inconclusive",
+              state_name(pj_websock_get_state(c.ws)), c.n_connect, st(c.connect_status));
+
+    if (cs->blackhole) {
+        rc = pj_websock_close(c.ws, 1000, NULL);
+        T_CHECK(tc, rc == PJ_SUCCESS, "close while CONNECTING: %s", st(rc));
+        T_REQUIRE(tc, tctx_wait_connect(&c, tmo(3000)), "no on_connect after aborting the connect");
+        T_CHECK(tc, c.connect_status == PJ_ECANCELLED, "status %s, want PJ_ECANCELLED", st(c.connect_status));
+        check_failed_connect(tc, &c, PJ_ECANCELLED);
+        goto out;
+    }
+    T_REQUIRE(tc, tctx_wait_connect(&c, tmo(10000)), "no on_connect");
+    T_REQUIRE(tc, c.connect_status == PJ_SUCCESS, "on_connect %s", st(c.connect_status));
+    rc = pj_websock_send(c.ws, PJ_WEBSOCK_OP_TEXT, probe, sizeof(probe) - 1);
+    T_REQUIRE(tc, rc == PJ_SUCCESS, "send once OPEN: %s", st(rc));
+    T_REQUIRE(tc, tctx_wait_rx(&c, 1, tmo(5000)), "no echo");
+    rx_msg m;
+    T_REQUIRE(tc, tctx_msg(&c, 0, &m), "echo missing");
+    T_CHECK(tc, m.opcode == PJ_WEBSOCK_OP_TEXT && m.len == sizeof(probe) - 1 && memcmp(m.data, probe, m.len) == 0,
+            "first echo is op %d '%.*s', want '%s' (a refused send went out)", m.opcode, (int)m.len,
+            (const char *)m.data, probe);
+    sleep_ms(200);
+    T_CHECK(tc, c.n_rx == 1, "%zu echoes for one accepted message", c.n_rx);
+    tctx_close_wait(tc, &c, 1000, NULL);
+    T_CHECK(tc, c.n_close == 1 && c.close_code == 1000, "on_close %d times, code %u", c.n_close, c.close_code);
+out:
+    finish(&c);
+}
+
 typedef struct hs_case {
     const char *var;
     const char *path;
@@ -329,6 +396,7 @@ int main(void)
     };
     static const timeout_case bh_timed = {1, 1}, bh_untimed = {0, 1}, slow_timed = {1, 0}, slow_untimed = {0, 0};
     static const cancel_case cancel_bh = {"TCP connect pending", 1}, cancel_hs = {"handshake pending", 0};
+    static const connecting_send_case send_bh = {1}, send_hs = {0};
 
     t_run("ioqueue given, pjlib absent -> PJ_ENOTSUP; no timer_heap -> PJ_EINVAL", case_ioqueue_without_pjlib, NULL);
     t_run("connection refused -> on_connect(PJ_STATUS_FROM_OS(ECONNREFUSED))", case_refused, NULL);
@@ -343,6 +411,10 @@ int main(void)
                hs[i].subprotocol ? " offering " : "", hs[i].subprotocol ? hs[i].subprotocol : "", hs[i].want_name);
     t_run("close() while TCP connect pending -> on_connect(PJ_ECANCELLED)", case_cancel, (void *)&cancel_bh);
     t_run("close() while handshake pending -> on_connect(PJ_ECANCELLED)", case_cancel, (void *)&cancel_hs);
+    t_run("send while CONNECTING (TCP connect pending) -> PJ_EINVALIDOP, nothing queued, abort",
+          case_send_while_connecting, (void *)&send_bh);
+    t_run("send while CONNECTING (handshake pending) -> PJ_EINVALIDOP, nothing sent once open",
+          case_send_while_connecting, (void *)&send_hs);
     t_run("close_info.status reports why the connect failed", case_close_info_after_failure, NULL);
     t_run("get_http_status/get_http_response after a 401", case_http_response, NULL);
     return t_done();

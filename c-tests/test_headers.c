@@ -1,7 +1,8 @@
 /* The opening handshake request as the server sees it (ws_server.py /info
  * replies with a JSON description of the request): extra headers, query
- * string, Host with port, subprotocol negotiation, 32 extra headers; and
- * the synchronous rejection of header names/values that would break or
+ * string, Host with port, subprotocol negotiation, 32 extra headers, a
+ * fresh random Sec-WebSocket-Key per connection; and the synchronous
+ * rejection of header names/values that would break or
  * hijack the request. */
 #include "common.h"
 
@@ -224,6 +225,110 @@ out:
     tctx_free(&c);
 }
 
+/* Decodes standard base64 (with '=' padding, length a multiple of 4) into
+ * out; returns the number of bytes, or -1 if src is not valid base64. */
+static long b64_decode(const char *src, unsigned char *out, size_t outsz)
+{
+    static const char alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    size_t len = strlen(src), n = 0;
+    if (len == 0 || len % 4 != 0)
+        return -1;
+    for (size_t i = 0; i < len; i += 4) {
+        unsigned v = 0;
+        int pad = 0;
+        for (int k = 0; k < 4; ++k) {
+            char ch = src[i + k];
+            const char *at = ch ? strchr(alphabet, ch) : NULL;
+            if (ch == '=' && i + 4 == len && k >= 2 && (k == 3 || src[i + 3] == '=')) {
+                pad++;
+                v <<= 6;
+            } else if (at && !pad) {
+                v = v << 6 | (unsigned)(at - alphabet);
+            } else {
+                return -1;
+            }
+        }
+        for (int k = 0; k < 3 - pad; ++k) {
+            if (n >= outsz)
+                return -1;
+            out[n++] = (unsigned char)(v >> (16 - 8 * k));
+        }
+    }
+    return (long)n;
+}
+
+/* Reads the Sec-WebSocket-Key of the connection c just opened (/info) into
+ * key and checks that it is base64 of exactly 16 bytes. */
+static int seen_key(t_case *tc, tctx *c, const char *url, char *key, size_t keysz)
+{
+    unsigned char raw[64];
+    const char *json = open_info(tc, c, url, NULL);
+    if (!json)
+        return 0;
+    if (!info_header(json, "Sec-WebSocket-Key", 0, key, keysz)) {
+        t_fail_at(tc, __FILE__, __LINE__, "the server saw no Sec-WebSocket-Key");
+        return 0;
+    }
+    long n = b64_decode(key, raw, sizeof(raw));
+    if (n != 16) {
+        t_fail_at(tc, __FILE__, __LINE__, "Sec-WebSocket-Key '%s' decodes to %ld bytes, want 16", key, n);
+        return 0;
+    }
+    return 1;
+}
+
+/* RFC 6455 4.1: the key is a randomly selected 16-byte value, chosen
+ * afresh for each connection: a reconnect of the same instance and
+ * connections of other instances (two of them open at once) all differ. */
+static void case_fresh_key(t_case *tc, void *arg)
+{
+    (void)arg;
+    enum { N_KEYS = 5 };
+    char url[512], keys[N_KEYS][64];
+    tctx a, b, d;
+    int n = 0;
+    tctx_init(&a);
+    tctx_init(&b);
+    tctx_init(&d);
+    if (!need_url(tc, url, sizeof(url), "WS_ECHO_URL", "/info"))
+        goto out;
+    /* A: connect, close, connect again, close, and a third time */
+    for (int round = 0; round < 3; ++round) {
+        if (round) {
+            tctx_reset_events(&a);
+            tctx_clear_msgs(&a);
+        }
+        T_REQUIRE(tc, seen_key(tc, &a, url, keys[n], sizeof(keys[n])), "instance A, connection %d", round + 1);
+        n++;
+        T_REQUIRE(tc, tctx_close_wait(tc, &a, 1000, NULL), "close of A, connection %d", round + 1);
+    }
+    /* B and D open at the same time */
+    T_REQUIRE(tc, seen_key(tc, &b, url, keys[n], sizeof(keys[n])), "instance B");
+    n++;
+    T_REQUIRE(tc, seen_key(tc, &d, url, keys[n], sizeof(keys[n])), "instance D (B still open)");
+    n++;
+    printf("# keys:");
+    for (int i = 0; i < n; ++i)
+        printf(" %s", keys[i]);
+    printf("\n");
+    for (int i = 0; i < n; ++i)
+        for (int j = i + 1; j < n; ++j)
+            T_CHECK(tc, strcmp(keys[i], keys[j]) != 0, "connections %d and %d sent the same key %s", i + 1, j + 1,
+                    keys[i]);
+    tctx_close_wait(tc, &b, 1000, NULL);
+    tctx_close_wait(tc, &d, 1000, NULL);
+out:
+    if (a.ws)
+        pj_websock_destroy(a.ws);
+    if (b.ws)
+        pj_websock_destroy(b.ws);
+    if (d.ws)
+        pj_websock_destroy(d.ws);
+    tctx_free(&a);
+    tctx_free(&b);
+    tctx_free(&d);
+}
+
 typedef struct bad_hdr {
     const char *what;
     const char *name;
@@ -296,6 +401,7 @@ int main(void)
     t_run("cparam NULL: no subprotocol header, query kept", case_no_cparam, NULL);
     t_run("32 extra headers all arrive in order", case_32_headers, NULL);
     t_run("pj_str_t lengths respected, caller buffers reusable after connect", case_not_nul_terminated, NULL);
+    t_run("Sec-WebSocket-Key: 16 random bytes, fresh per connection and instance", case_fresh_key, NULL);
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); ++i) {
         t_runf(case_bad_header, (void *)&bad[i], "PJ_EINVAL for %s", bad[i].what);
     }

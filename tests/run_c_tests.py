@@ -20,11 +20,17 @@ What it does:
                                                    cannot be arranged; then
                                                    WS_BLACKHOLE_SKIP says why)
         WS_REFUSED_URL    ws://127.0.0.1:PORT      nothing listens there
+        WS_DUAL_URL       ws://localhost:PORT      [::1]:PORT black-holed (as above),
+                                                   127.0.0.1:PORT a second
+                                                   ws_server.py (unset if that
+                                                   cannot be arranged; then
+                                                   WS_DUAL_SKIP says why)
         PJWS_UNDER_VALGRIND=1                      under valgrind (timing cases
                                                    then print SKIPPED)
         PJWS_TEST_TMPDIR                           a scratch directory
   4. runs the examples (echo_client, audio_stream) against the local server
-     and checks their output;
+     and checks their output (for audio_stream also the verdict of
+     ws_server.py's /stt on the frame sizes: 640 bytes, the last shorter);
   5. prints each failing case and ends with one line:
         "<P> passed, <F> failed, <S> skipped"
      exiting non-zero if any case failed or a binary crashed or timed out.
@@ -64,9 +70,11 @@ OWN_RUNNER = {"test_tls", "test_conformance"}
 class BlackHole:
     """A loopback address where SYNs are dropped: a listener with listen(0)
     whose accept queue is filled with connections nobody accepts (Linux
-    drops SYNs while the accept queue is full)."""
+    drops SYNs while the accept queue is full). host is 127.0.0.1 or ::1."""
 
-    def __init__(self):
+    def __init__(self, host="127.0.0.1"):
+        self.host = host
+        self.family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.sockets = []
         self.port = None
         self.reason = None
@@ -78,9 +86,9 @@ class BlackHole:
 
     def _probe(self, timeout):
         """Non-blocking connect; True if it completed within timeout."""
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s = socket.socket(self.family, socket.SOCK_STREAM)
         s.setblocking(False)
-        s.connect_ex(("127.0.0.1", self.port))
+        s.connect_ex((self.host, self.port))
         _, w, _ = select.select([], [s], [], timeout)
         done = bool(w) and s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
         if done:
@@ -90,8 +98,8 @@ class BlackHole:
         return done
 
     def _setup(self):
-        ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        ls.bind(("127.0.0.1", 0))
+        ls = socket.socket(self.family, socket.SOCK_STREAM)
+        ls.bind((self.host, 0))
         ls.listen(0)
         self.sockets.append(ls)
         self.port = ls.getsockname()[1]
@@ -105,7 +113,9 @@ class BlackHole:
 
     @property
     def url(self):
-        return None if self.reason else "ws://127.0.0.1:%d" % self.port
+        if self.reason:
+            return None
+        return "ws://%s:%d" % ("[%s]" % self.host if self.family == socket.AF_INET6 else self.host, self.port)
 
     def close(self):
         for s in self.sockets:
@@ -114,6 +124,24 @@ class BlackHole:
             except OSError:
                 pass
         self.sockets = []
+
+
+def start_dual(logdir: Path, servers: list):
+    """A port P with [::1]:P black-holed and a ws_server.py on 127.0.0.1:P,
+    so that a name resolving to ::1 first (localhost on many hosts) needs
+    the second address. Returns (BlackHole or None, url or None, reason)."""
+    hole = BlackHole("::1")
+    if hole.reason:
+        return None, None, "no black hole on ::1: %s" % hole.reason
+    try:
+        srv = Server("ws_server_dual", [sys.executable, str(SERVERS / "ws_server.py"), "--watch-stdin",
+                                        "--port", str(hole.port), "--no-ipv6"],
+                     logdir / "ws_server_dual.log", cwd=HERE)
+    except RuntimeError as e:
+        hole.close()
+        return None, None, "no ws_server.py on 127.0.0.1:%d: %s" % (hole.port, e)
+    servers.append(srv)
+    return hole, "ws://localhost:%d" % hole.port, None
 
 
 def make_wav(path: Path, seconds=1.0, rate=16000, freq=440.0):
@@ -166,7 +194,8 @@ def run_test_binary(path: Path, env, args, res: Results, logdir: Path, vg: bool,
 def run_examples(exdir: Path, env, args, res: Results, logdir: Path, tmpdir: Path, vg: bool, out_lock):
     audio_wav = tmpdir / "tone.wav"
     audio_pcm = tmpdir / "tone.pcm"
-    nbytes = make_wav(audio_wav)
+    # 1.01 s: 50 frames of 640 bytes and a last one of 320
+    nbytes = make_wav(audio_wav, seconds=1.01)
     with wave.open(str(audio_wav), "rb") as w:
         audio_pcm.write_bytes(w.readframes(w.getnframes()))
     echo = env["WS_ECHO_URL"]
@@ -189,6 +218,13 @@ def run_examples(exdir: Path, env, args, res: Results, logdir: Path, tmpdir: Pat
         partials = len(re.findall(r'"type":"partial"', out))
         if partials < 4:
             return "only %d partial results printed (want 5)" % partials
+        # the server checks that every binary message but the last has
+        # exactly 640 bytes (20 ms of audio)
+        sizes = re.search(r'"frame_sizes":"([^"]*)"', out)
+        if not sizes:
+            return "the final message lacks the server's frame size verdict"
+        if sizes.group(1) != "ok":
+            return "audio frames: %s" % sizes.group(1)
         return None
 
     def check_stt_denied(out, rc):
@@ -293,6 +329,7 @@ def main():
 
     servers = []
     blackhole = None
+    hole6 = None
     t_start = time.monotonic()
     try:
         ws = Server("ws_server", [sys.executable, str(SERVERS / "ws_server.py"), "--watch-stdin"],
@@ -302,10 +339,11 @@ def main():
                      logdir / "raw_server.log", cwd=HERE)
         servers.append(raw)
         blackhole = BlackHole()
+        hole6, dual_url, dual_skip = start_dual(logdir, servers)
 
         env = dict(os.environ)
         for k in ("WS_ECHO_URL", "WS_ECHO6_URL", "WS_RAW_URL", "WS_BLACKHOLE_URL", "WS_BLACKHOLE_SKIP",
-                  "WS_REFUSED_URL", "PJWS_UNDER_VALGRIND"):
+                  "WS_REFUSED_URL", "WS_DUAL_URL", "WS_DUAL_SKIP", "PJWS_UNDER_VALGRIND"):
             env.pop(k, None)
         env["WS_ECHO_URL"] = "ws://127.0.0.1:%d" % ws.info["port"]
         if ws.info.get("port6"):
@@ -316,9 +354,13 @@ def main():
         else:
             env["WS_BLACKHOLE_SKIP"] = blackhole.reason
         env["WS_REFUSED_URL"] = "ws://127.0.0.1:%d" % refused_port()
+        if dual_url:
+            env["WS_DUAL_URL"] = dual_url
+        else:
+            env["WS_DUAL_SKIP"] = dual_skip
         env["PJWS_TEST_TMPDIR"] = str(tmpdir)
         for k in ("WS_ECHO_URL", "WS_ECHO6_URL", "WS_RAW_URL", "WS_BLACKHOLE_URL", "WS_BLACKHOLE_SKIP",
-                  "WS_REFUSED_URL"):
+                  "WS_REFUSED_URL", "WS_DUAL_URL", "WS_DUAL_SKIP"):
             if k in env:
                 print("# %s=%s" % (k, env[k]))
         print("# logs: %s" % logdir, flush=True)
@@ -349,6 +391,8 @@ def main():
             s.stop()
         if blackhole:
             blackhole.close()
+        if hole6:
+            hole6.close()
         shutil.rmtree(tmpdir, ignore_errors=True)
 
     return res.report(t_start)

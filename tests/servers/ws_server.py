@@ -36,12 +36,16 @@ string holds the parameters):
                        until the connection closes); then echo.
   /reject?status=403   refuse the handshake with that HTTP status.
   /slowhs?ms=2000      delay the handshake response by ms milliseconds.
-  /stt                 speech-to-text mock: requires "Authorization: Bearer
+  /stt[?frame=640]     speech-to-text mock: requires "Authorization: Bearer
                        <token>" (HTTP 401 otherwise); counts received binary
                        bytes; every 10 binary frames sends
                        {"type":"partial","bytes":N}; on the text message
-                       {"type":"end"} sends {"type":"final","bytes":TOTAL}
-                       and closes with 1000.
+                       {"type":"end"} sends {"type":"final","bytes":TOTAL,
+                       "frames":F,"frame_sizes":V} and closes with 1000.
+                       V is "ok" when every binary message had exactly
+                       `frame` bytes (640: 20 ms of 16 kHz 16-bit mono)
+                       except the last one, which may be shorter (not
+                       empty); otherwise it names the first offender.
 
 Subprotocols: the server supports "chat", "superchat" and "v2.realtime" and
 selects the first one the client offered that it supports (none otherwise;
@@ -200,12 +204,23 @@ async def h_flood(ws, path, query, params):
 
 
 async def h_stt(ws, path, query, params):
+    frame = int_param(params, "frame", 640)
     total = 0
     frames = 0
+    bad = None          # first binary message of the wrong size
+    last_len = None     # size of the previous one if shorter than frame
     async for message in ws:
         if isinstance(message, bytes):
             total += len(message)
             frames += 1
+            n = len(message)
+            if bad is None and last_len is not None:
+                # a short message that was not the last one
+                bad = "message %d has %d bytes, want %d (only the last may be shorter)" % (
+                    frames - 1, last_len, frame)
+            if bad is None and (n > frame or n == 0):
+                bad = "message %d has %d bytes, want %d" % (frames, n, frame)
+            last_len = n if n < frame else None
             if frames % 10 == 0:
                 await ws.send(json.dumps({"type": "partial", "bytes": total},
                                          separators=(",", ":")))
@@ -215,7 +230,8 @@ async def h_stt(ws, path, query, params):
         except ValueError:
             msg = None
         if isinstance(msg, dict) and msg.get("type") == "end":
-            await ws.send(json.dumps({"type": "final", "bytes": total, "frames": frames},
+            await ws.send(json.dumps({"type": "final", "bytes": total, "frames": frames,
+                                      "frame_sizes": bad or "ok"},
                                      separators=(",", ":")))
             await ws.close(1000, "done")
             return

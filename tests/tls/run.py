@@ -8,11 +8,13 @@
      CA, valid / wrong-host / expired / self-signed / IP-only server
      certificates, client certificates, a hashed CA directory);
   2. starts tests/tls/tls_server.py (websockets + ssl on 127.0.0.1, one
-     port per variant, a raw TLS peer and a silent TCP listener);
+     port per variant, websockets' threaded server for mutual TLS, a raw
+     TLS peer and a silent TCP listener);
   3. runs the test binary natively, or with --valgrind under valgrind only
      (memcheck, leaks are errors, PJWS_UNDER_VALGRIND=1), or with --both
      natively and then under valgrind; environment passed:
-        TLS_CERTDIR, TLS_CLIENT_PASSWORD, TLS_PORT_<NAME>, TLS_PIN_<NAME>
+        TLS_CERTDIR, TLS_CLIENT_PASSWORD, TLS_PORT_<NAME>, TLS_PIN_<NAME>,
+        PJWS_TEST_TMPDIR
   4. prints every case line of the binary and ends with
         "N passed, N failed" (plus ", N skipped" when some were skipped);
      exits non-zero on any failure, crash, timeout or valgrind error.

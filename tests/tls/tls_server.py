@@ -8,7 +8,7 @@ with ephemeral ports; once all listen, one JSON line goes to stdout:
 
     {"valid": P, "wronghost": P, "expired": P, "selfsigned": P,
      "iponly": P, "iponly2": P or null, "mtls": P, "tls12": P, "tls13": P,
-     "plain": P, "raw": P, "mtlsraw": P, "stall": P}
+     "plain": P, "raw": P, "mtlsraw": P, "mtlssync": P, "stall": P}
 
 websockets servers (one per TLS variant), each recording the SNI that
 every connection presented (ssl context sni_callback):
@@ -54,6 +54,17 @@ alert), it sends OpenSSL's alert when it rejects the client (in TLS 1.3:
 certificate_required, after the client's handshake completed), then ends
 TCP gracefully (FIN, draining what the client still sends).
 
+mtlssync: websockets' threaded server (websockets.sync.server: ssl.SSLSocket
+over a blocking socket) with valid.pem, a client certificate REQUIRED
+(issued by ca.pem), /sni and echo as above. OpenSSL writes to the socket
+itself here, so its alert goes out when it rejects the client (TLS 1.3:
+certificate_required, 116, after the client's handshake completed) before
+websockets closes the socket, which resets the connection (the client's
+Finished and anything after it are still unread). The asyncio server ("mtls") does not send it:
+asyncio's SSL transport closes the connection when the server's handshake
+fails without writing out the alert OpenSSL queued, so its client sees
+only the TCP end.
+
 stall: accepts TCP connections and never sends a byte (a TLS server that
 hangs in the handshake). Connections are closed when the client closes.
 """
@@ -77,6 +88,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import websockets
 from websockets.asyncio.server import serve
+from websockets.sync.server import serve as serve_sync
 
 log = logging.getLogger("tls_server")
 
@@ -154,6 +166,27 @@ async def handler(ws):
         await ws.send(json.dumps(info))
     async for message in ws:
         await ws.send(message)
+
+
+def sync_handler(ws):
+    """handler() for websockets' threaded server (mtlssync)."""
+    path, _params = split_request(ws.request.path)
+    if path == "/sni":
+        sslobj = ws.socket
+        c = sslobj.cipher()
+        ws.send(json.dumps({"sni": getattr(sslobj, "pjws_sni", None), "version": sslobj.version(),
+                            "cipher": c[0] if c else None, "peer_cn": peer_cn(sslobj),
+                            "alpn": sslobj.selected_alpn_protocol()}))
+    for message in ws:
+        ws.send(message)
+
+
+def start_sync_server(ctx: ssl.SSLContext) -> int:
+    """websockets.sync.server on 127.0.0.1 in a daemon thread; its port."""
+    srv = serve_sync(sync_handler, "127.0.0.1", 0, ssl=ctx, max_size=None, compression=None,
+                     ping_interval=None, close_timeout=2, open_timeout=10)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv.socket.getsockname()[1]
 
 
 # ---------------------------------------------------------------------------
@@ -558,6 +591,7 @@ async def main_async(args):
     ports["raw"] = raw.port
     mtls_raw = RawServer(make_ctx(certs, "valid", client_ca=ca))
     ports["mtlsraw"] = mtls_raw.port
+    ports["mtlssync"] = start_sync_server(make_ctx(certs, "valid", client_ca=ca))
     stall = StallServer()
     ports["stall"] = stall.port
 
