@@ -223,6 +223,30 @@ pub enum HandshakeStep {
 extern "C" {
     fn SSL_set_read_ahead(ssl: *mut c_void, yes: c_int);
     fn SSL_has_pending(ssl: *const c_void) -> c_int;
+    fn SSL_free_buffers(ssl: *mut c_void) -> c_int;
+}
+
+/// SSL_free_buffers is safe with a partial record buffered only from
+/// OpenSSL 3.0.14, 3.1.6, 3.2.2 and 3.3.1 on (CVE-2024-4741); older
+/// versions keep their buffers (a patched distribution build that reports
+/// an older number only loses the memory saving).
+fn free_buffers_is_safe() -> bool {
+    static SAFE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SAFE.get_or_init(|| free_buffers_fixed_in(openssl::version::number() as u64))
+}
+
+/// Whether OPENSSL_VERSION_NUMBER `v` (0xMNN00PP0L) has the
+/// SSL_free_buffers fix.
+fn free_buffers_fixed_in(v: u64) -> bool {
+    let (major, minor, patch) = ((v >> 28) & 0xF, (v >> 20) & 0xFF, (v >> 4) & 0xFF);
+    match (major, minor) {
+        (3, 0) => patch >= 14,
+        (3, 1) => patch >= 6,
+        (3, 2) => patch >= 2,
+        (3, 3) => patch >= 1,
+        (3, _) => true,
+        (m, _) => m > 3,
+    }
 }
 
 /// The `SSL *` behind an `SslRef` (a reference to an OpenSSL object is
@@ -340,7 +364,19 @@ impl TlsStream {
     pub fn read(&mut self, buf: &mut [u8]) -> Result<usize, TlsIoError> {
         match self.stream.ssl_read(buf) {
             Ok(n) => Ok(n),
-            Err(e) => Err(self.io_error(e)),
+            Err(e) => {
+                if e.code() == ErrorCode::WANT_READ && free_buffers_is_safe() {
+                    // Read dry: give the record buffers back. With
+                    // RELEASE_BUFFERS OpenSSL does so after application data,
+                    // but not after post-handshake messages (TLS 1.3
+                    // session tickets), which left ~17 KiB per idle TLS 1.3
+                    // connection. A buffer holding part of a record is kept
+                    // (SSL_free_buffers returns 0 then).
+                    // SAFETY: a live SSL, not in use elsewhere (&mut self).
+                    unsafe { SSL_free_buffers(ssl_ptr(self.stream.ssl())) };
+                }
+                Err(self.io_error(e))
+            }
         }
     }
 
@@ -398,4 +434,30 @@ pub enum TlsIoError {
     WouldBlock,
     Eof,
     Failed(pj_status_t),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_buffers_fix_by_version() {
+        // 1.1.1w, 3.0.13, 3.0.14, 3.0.19, 3.1.5, 3.1.6, 3.2.2, 3.3.0, 3.3.1, 3.4.0, 4.0.0
+        let cases = [
+            (0x1010117f, false),
+            (0x300000d0, false),
+            (0x300000e0, true),
+            (0x30000130, true),
+            (0x30100050, false),
+            (0x30100060, true),
+            (0x30200020, true),
+            (0x30300000, false),
+            (0x30300010, true),
+            (0x30400000, true),
+            (0x40000000, true),
+        ];
+        for (v, want) in cases {
+            assert_eq!(free_buffers_fixed_in(v), want, "{v:#x}");
+        }
+    }
 }
