@@ -77,6 +77,26 @@ static int wait_drained(pj_websock *ws, int ms)
 
 enum { N_BIG = 64 };
 
+/* Opens c to the echo server's /pause?ms=pause_ms (it stops reading for
+ * that long after the handshake), with room for 1 MiB echoes; *t_open is
+ * when it opened. 0 when the case failed or was skipped. */
+static int open_paused(t_case *tc, tctx *c, int pause_ms, double *t_open)
+{
+    char url[512];
+    char path[64];
+    pj_websock_param p;
+    snprintf(path, sizeof(path), "/pause?ms=%d", pause_ms);
+    if (!need_url(tc, url, sizeof(url), "WS_ECHO_URL", path))
+        return 0;
+    tctx_param(c, &p);
+    p.max_rx_msg_size = 2 * MiB;
+    T_REQUIRE(tc, tctx_open(tc, c, &p, url, NULL), "open failed");
+    *t_open = now_ms();
+    return 1;
+out:
+    return 0;
+}
+
 static struct {
     int ran;
     double max_send_ms;
@@ -86,21 +106,14 @@ static struct {
 static void case_queue_64mib(t_case *tc, void *arg)
 {
     (void)arg;
-    char url[512];
-    char path[64];
     tctx c;
-    pj_websock_param p;
     unsigned char *buf = NULL;
     size_t lens[N_BIG];
     int pause_ms = under_valgrind() ? 15000 : 3000;
+    double t_open = 0;
     tctx_init(&c);
-    snprintf(path, sizeof(path), "/pause?ms=%d", pause_ms);
-    if (!need_url(tc, url, sizeof(url), "WS_ECHO_URL", path))
+    if (!open_paused(tc, &c, pause_ms, &t_open))
         goto out;
-    tctx_param(&c, &p);
-    p.max_rx_msg_size = 2 * MiB;
-    T_REQUIRE(tc, tctx_open(tc, &c, &p, url, NULL), "open failed");
-    double t_open = now_ms();
     pj_status_t rc = pj_websock_set_max_buffered(c.ws, 256 * MiB);
     T_REQUIRE(tc, rc == PJ_SUCCESS, "set_max_buffered(256 MiB): %s", st(rc));
     buf = malloc(MSG_SIZE);
@@ -208,23 +221,16 @@ static struct {
 static void case_ebusy(t_case *tc, void *arg)
 {
     (void)arg;
-    char url[512];
-    char path[64];
     tctx c;
-    pj_websock_param p;
     unsigned char *buf = NULL;
     size_t lens[MAX_TRIES + 2];
     int pause_ms = under_valgrind() ? 10000 : 2500;
     uint32_t n_ok = 0;
     pj_status_t rc = PJ_SUCCESS;
+    double t_open = 0;
     tctx_init(&c);
-    snprintf(path, sizeof(path), "/pause?ms=%d", pause_ms);
-    if (!need_url(tc, url, sizeof(url), "WS_ECHO_URL", path))
+    if (!open_paused(tc, &c, pause_ms, &t_open))
         goto out;
-    tctx_param(&c, &p);
-    p.max_rx_msg_size = 2 * MiB;
-    T_REQUIRE(tc, tctx_open(tc, &c, &p, url, NULL), "open failed");
-    double t_open = now_ms();
     rc = pj_websock_set_max_buffered(c.ws, HWM);
     T_REQUIRE(tc, rc == PJ_SUCCESS, "set_max_buffered: %s", st(rc));
     buf = malloc(MSG_SIZE);
@@ -296,23 +302,16 @@ enum { MAX_TRIES_DEFAULT = 100 };
 static void case_default_mark(t_case *tc, void *arg)
 {
     (void)arg;
-    char url[512];
-    char path[64];
     tctx c;
-    pj_websock_param p;
     unsigned char *buf = NULL;
     size_t lens[MAX_TRIES_DEFAULT + 1];
     int pause_ms = under_valgrind() ? 15000 : 3000;
     uint32_t n_ok = 0;
     pj_status_t rc = PJ_SUCCESS;
+    double t_open = 0;
     tctx_init(&c);
-    snprintf(path, sizeof(path), "/pause?ms=%d", pause_ms);
-    if (!need_url(tc, url, sizeof(url), "WS_ECHO_URL", path))
+    if (!open_paused(tc, &c, pause_ms, &t_open))
         goto out;
-    tctx_param(&c, &p);
-    p.max_rx_msg_size = 2 * MiB;
-    T_REQUIRE(tc, tctx_open(tc, &c, &p, url, NULL), "open failed");
-    double t_open = now_ms();
     buf = malloc(MSG_SIZE);
     T_REQUIRE(tc, buf, "malloc");
 
