@@ -618,6 +618,18 @@ mod tests {
         }
     }
 
+    /// `bytes` cut at the ascending offsets `cuts` (the last piece runs to
+    /// the end).
+    fn pieces<'a>(bytes: &'a [u8], cuts: &[usize]) -> Vec<&'a [u8]> {
+        let mut out = vec![];
+        let mut prev = 0;
+        for &c in cuts.iter().chain([&bytes.len()]) {
+            out.push(&bytes[prev..c]);
+            prev = c;
+        }
+        out
+    }
+
     /// Feeds `chunks` in order until the handshake finishes; every earlier
     /// call must ask for more. Returns the outcome and the index of the
     /// chunk that finished it (`usize::MAX` if none did).
@@ -656,12 +668,7 @@ mod tests {
             bytes.extend_from_slice(b"\x81\x02hi\r\n\r\n");
             let check = |cuts: &[usize], how: &str| {
                 let mut h = hs(protos);
-                let mut chunks = vec![];
-                let mut prev = 0;
-                for &c in cuts.iter().chain([&bytes.len()]) {
-                    chunks.push(&bytes[prev..c]);
-                    prev = c;
-                }
+                let chunks = pieces(&bytes, cuts);
                 let (res, at) = feed_until_done(&mut h, chunks.iter().copied());
                 assert_eq!(res, Err(err.clone()), "{resp:?} {how}");
                 // Finished by the chunk holding the head's last byte.
@@ -702,12 +709,7 @@ mod tests {
         }
         let check = |bytes: &[u8], cuts: &[usize], how: &str| {
             let mut h = hs(None);
-            let mut chunks = vec![];
-            let mut prev = 0;
-            for &c in cuts.iter().chain([&bytes.len()]) {
-                chunks.push(&bytes[prev..c]);
-                prev = c;
-            }
+            let chunks = pieces(bytes, cuts);
             let (res, at) = feed_until_done(&mut h, chunks.iter().copied());
             assert_eq!(res, Err(HandshakeError::TooLarge), "{how}");
             let ends: usize = chunks[..=at].iter().map(|c| c.len()).sum();
