@@ -113,9 +113,10 @@ check-symbols: lib
 
 # ---- C tests and examples ----------------------------------------------
 
-$(BUILD)/c-tests/%: c-tests/%.c c-tests/common.c c-tests/common.h $(HEADER) $(BUILD)/lib/$(SONAME)
+$(BUILD)/c-tests/%: c-tests/%.c c-tests/common.c c-tests/common.h c-tests/testutil.c c-tests/testutil.h \
+                    $(HEADER) $(BUILD)/lib/$(SONAME)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS_TEST) $< c-tests/common.c $(LDFLAGS_TEST) -o $@
+	$(CC) $(CFLAGS_TEST) $< c-tests/common.c c-tests/testutil.c $(LDFLAGS_TEST) -o $@
 
 $(BUILD)/examples/%: examples-c/%.c $(HEADER) $(BUILD)/lib/$(SONAME)
 	@mkdir -p $(dir $@)

@@ -186,17 +186,6 @@ int t_done(void)
 /* ------------------------------------------------------------------ */
 /* Environment                                                         */
 
-int under_valgrind(void)
-{
-    const char *v = getenv("PJWS_UNDER_VALGRIND");
-    return v && *v && strcmp(v, "0") != 0;
-}
-
-int tmo(int ms)
-{
-    return under_valgrind() ? ms * 10 : ms;
-}
-
 const char *env_url(const char *var)
 {
     const char *v = getenv(var);
@@ -253,20 +242,6 @@ int skip_timing_under_valgrind(t_case *tc)
 
 /* ------------------------------------------------------------------ */
 /* Utilities                                                           */
-
-double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1000.0 + ts.tv_nsec / 1e6;
-}
-
-void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-    }
-}
 
 long rss_kb(void)
 {
@@ -645,26 +620,22 @@ pj_status_t tctx_destroy(tctx *c)
     return rc;
 }
 
+/* A typed predicate and its argument, for cond_wait_until's void * one. */
+typedef struct tctx_pred {
+    int (*pred)(tctx *c, void *arg);
+    void *arg;
+} tctx_pred;
+
+static int call_tctx_pred(void *ctx, void *arg)
+{
+    const tctx_pred *p = arg;
+    return p->pred(ctx, p->arg);
+}
+
 int tctx_wait_until(tctx *c, int (*pred)(tctx *c, void *arg), void *arg, int ms)
 {
-    struct timespec ts;
-    int ok;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    ts.tv_sec += ms / 1000;
-    ts.tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (ts.tv_nsec >= 1000000000L) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000L;
-    }
-    pthread_mutex_lock(&c->mu);
-    while (!(ok = pred(c, arg))) {
-        if (pthread_cond_timedwait(&c->cv, &c->mu, &ts) == ETIMEDOUT) {
-            ok = pred(c, arg);
-            break;
-        }
-    }
-    pthread_mutex_unlock(&c->mu);
-    return ok;
+    tctx_pred p = {pred, arg};
+    return cond_wait_until(&c->mu, &c->cv, call_tctx_pred, c, &p, ms);
 }
 
 static int pred_connect(tctx *c, void *arg)

@@ -16,6 +16,8 @@
 
 #include <pjwebsock/websock.h>
 
+#include "testutil.h"
+
 #include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -75,11 +77,8 @@ int t_done(void);
 void t_set_case_timeout_s(int seconds);
 
 /* ------------------------------------------------------------------ */
-/* Environment                                                         */
+/* Environment (under_valgrind, tmo, now_ms, sleep_ms: testutil.h)     */
 
-int under_valgrind(void);
-/* Scales a timeout for valgrind (x10) */
-int tmo(int ms);
 /* The env var's value, or NULL if unset or empty. */
 const char *env_url(const char *var);
 /* buf = $var + path. Returns 0 (and an empty buf) if the variable is unset. */
@@ -94,8 +93,6 @@ int skip_timing_under_valgrind(t_case *tc);
 /* ------------------------------------------------------------------ */
 /* Small utilities                                                     */
 
-double now_ms(void);                 /* monotonic clock, milliseconds */
-void sleep_ms(int ms);
 long rss_kb(void);                   /* VmRSS of this process, -1 if unknown */
 pj_str_t pjstr(const char *s);       /* pj_str_t view of a C string (NULL ok) */
 /* "70004 (text)" using pj_websock_strerror; valid until 8 more calls. */

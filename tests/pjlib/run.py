@@ -379,8 +379,10 @@ def main():
     if pj:
         driver = outdir / "test_pjlib_driver"
         rpath = ["-Wl,-rpath,%s" % ":".join(pj.rpath)] if pj.rpath else []
-        if not compile_c([CC] + CFLAGS_COMMON + pj.cflags + pjws + [str(HERE / "test_pjlib_driver.c"),
-                                                                   "-o", str(driver)]
+        ctests = ROOT / "c-tests"   # testutil.c: clock, waits, valgrind scaling
+        if not compile_c([CC] + CFLAGS_COMMON + pj.cflags + pjws
+                         + ["-I%s" % ctests, str(HERE / "test_pjlib_driver.c"), str(ctests / "testutil.c"),
+                            "-o", str(driver)]
                          + link_pjws + rpath + pj.libs, "test_pjlib_driver", res, logdir):
             driver = None
 

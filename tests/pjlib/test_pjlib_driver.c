@@ -29,6 +29,8 @@
 #include <pjlib-util.h>
 #include <pjwebsock/websock.h>
 
+#include "testutil.h"
+
 #include <dirent.h>
 #include <errno.h>
 #include <pthread.h>
@@ -65,32 +67,6 @@ static int g_wd_stop;
 static int g_wd_started;
 static pthread_t g_wd_thread;
 static int g_case_timeout_s = 120;
-
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1000.0 + ts.tv_nsec / 1e6;
-}
-
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-    }
-}
-
-static int under_valgrind(void)
-{
-    const char *v = getenv("PJWS_UNDER_VALGRIND");
-    return v && *v && strcmp(v, "0") != 0;
-}
-
-/* Timeouts are generous; under valgrind ten times more so. */
-static int tmo(int ms)
-{
-    return under_valgrind() ? ms * 10 : ms;
-}
 
 static void fail_at(tcase *tc, const char *file, int line, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
@@ -706,47 +682,35 @@ static pj_status_t inst_create(inst *c, pj_pool_t *pool, const pj_websock_param 
     return pj_websock_create(pool, p, &c->ws);
 }
 
-static int inst_wait(inst *c, int (*pred)(inst *c, void *arg), void *arg, int ms)
+/* Predicates for cond_wait_until (testutil.h); ctx is the inst. */
+static int inst_wait(inst *c, int (*pred)(void *c, void *arg), void *arg, int ms)
 {
-    struct timespec ts;
-    int ok;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    ts.tv_sec += ms / 1000;
-    ts.tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (ts.tv_nsec >= 1000000000L) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000L;
-    }
-    pthread_mutex_lock(&c->mu);
-    while (!(ok = pred(c, arg))) {
-        if (pthread_cond_timedwait(&c->cv, &c->mu, &ts) == ETIMEDOUT) {
-            ok = pred(c, arg);
-            break;
-        }
-    }
-    pthread_mutex_unlock(&c->mu);
-    return ok;
+    return cond_wait_until(&c->mu, &c->cv, pred, c, arg, ms);
 }
 
-static int p_connect(inst *c, void *a)
+static int p_connect(void *ctx, void *a)
 {
+    const inst *c = ctx;
     (void)a;
     return c->n_connect > 0;
 }
 
-static int p_close(inst *c, void *a)
+static int p_close(void *ctx, void *a)
 {
+    const inst *c = ctx;
     (void)a;
     return c->n_close > 0;
 }
 
-static int p_rx(inst *c, void *a)
+static int p_rx(void *ctx, void *a)
 {
+    const inst *c = ctx;
     return c->n_rx >= *(size_t *)a;
 }
 
-static int p_destroyed(inst *c, void *a)
+static int p_destroyed(void *ctx, void *a)
 {
+    const inst *c = ctx;
     (void)a;
     return atomic_load(&c->destroyed);
 }

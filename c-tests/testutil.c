@@ -1,0 +1,54 @@
+#include "testutil.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+int under_valgrind(void)
+{
+    const char *v = getenv("PJWS_UNDER_VALGRIND");
+    return v && *v && strcmp(v, "0") != 0;
+}
+
+int tmo(int ms)
+{
+    return under_valgrind() ? ms * 10 : ms;
+}
+
+double now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1000.0 + ts.tv_nsec / 1e6;
+}
+
+void sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+    }
+}
+
+int cond_wait_until(pthread_mutex_t *mu, pthread_cond_t *cv, int (*pred)(void *ctx, void *arg), void *ctx,
+                    void *arg, int ms)
+{
+    struct timespec ts;
+    int ok;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    ts.tv_sec += ms / 1000;
+    ts.tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(mu);
+    while (!(ok = pred(ctx, arg))) {
+        if (pthread_cond_timedwait(cv, mu, &ts) == ETIMEDOUT) {
+            ok = pred(ctx, arg);
+            break;
+        }
+    }
+    pthread_mutex_unlock(mu);
+    return ok;
+}

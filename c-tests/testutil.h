@@ -1,0 +1,21 @@
+/* Helpers shared by every C test program: the C tests in c-tests/ (through
+ * common.h) and tests/pjlib/test_pjlib_driver.c, which is built against
+ * pjlib with its own reporter. Nothing here includes a pj header. */
+#ifndef PJWS_CTEST_TESTUTIL_H
+#define PJWS_CTEST_TESTUTIL_H
+
+#include <pthread.h>
+
+/* 1 when PJWS_UNDER_VALGRIND is set (the runners set it under valgrind). */
+int under_valgrind(void);
+/* Scales a timeout for valgrind (x10). */
+int tmo(int ms);
+double now_ms(void); /* monotonic clock, milliseconds */
+void sleep_ms(int ms);
+
+/* Waits on cv (with mu) until pred(ctx, arg) is true or ms elapsed; pred
+ * runs with mu held. Returns pred's last value. */
+int cond_wait_until(pthread_mutex_t *mu, pthread_cond_t *cv, int (*pred)(void *ctx, void *arg), void *ctx,
+                    void *arg, int ms);
+
+#endif
