@@ -183,23 +183,49 @@ typedef struct sender {
     volatile int stop;
     size_t sent;
     pj_status_t err;
+    size_t msg_len; /* 0: 16 KiB */
+    int burst;      /* messages per burst, then 150 us apart; 0: no pause */
 } sender;
 
+/* Sends until told to stop or a send fails with anything but PJ_EBUSY. */
 static void *sender_main(void *arg)
 {
     sender *s = arg;
     unsigned char buf[16384];
-    pat_fill(buf, sizeof(buf), 0);
+    size_t len = s->msg_len ? s->msg_len : sizeof(buf);
+    pat_fill(buf, len, 0);
     while (!s->stop) {
-        pj_status_t rc = pj_websock_send(s->ws, PJ_WEBSOCK_OP_BIN, buf, sizeof(buf));
-        if (rc == PJ_SUCCESS)
-            s->sent++;
-        else if (rc != PJ_EBUSY) {
-            s->err = rc;
-            break;
+        for (int i = 0; i < (s->burst ? s->burst : 1) && !s->stop; ++i) {
+            pj_status_t rc = pj_websock_send(s->ws, PJ_WEBSOCK_OP_BIN, buf, len);
+            if (rc == PJ_SUCCESS)
+                s->sent++;
+            else if (rc != PJ_EBUSY) {
+                s->err = rc;
+                return NULL;
+            }
+        }
+        if (s->burst) {
+            struct timespec ts = {0, 150 * 1000};
+            nanosleep(&ts, NULL);
         }
     }
     return NULL;
+}
+
+/* Runs sender_main on `s` for `ms` milliseconds; checks that it sent
+ * something and that no send failed. */
+static void send_for(t_case *tc, sender *s, int ms)
+{
+    pthread_t th;
+    if (pthread_create(&th, NULL, sender_main, s) != 0) {
+        T_CHECK(tc, 0, "pthread_create");
+        return;
+    }
+    sleep_ms(ms);
+    s->stop = 1;
+    pthread_join(th, NULL);
+    T_CHECK(tc, s->err == PJ_SUCCESS, "send failed: %s", st(s->err));
+    T_CHECK(tc, s->sent > 0, "nothing sent");
 }
 
 static void case_destroy_with_queue(t_case *tc, void *arg)
@@ -207,7 +233,6 @@ static void case_destroy_with_queue(t_case *tc, void *arg)
     (void)arg;
     char url[512];
     tctx c;
-    pthread_t th;
     sender s;
     memset(&s, 0, sizeof(s));
     tctx_init(&c);
@@ -216,14 +241,9 @@ static void case_destroy_with_queue(t_case *tc, void *arg)
         goto out;
     T_REQUIRE(tc, tctx_open(tc, &c, NULL, url, NULL), "open failed");
     s.ws = c.ws;
-    T_REQUIRE(tc, pthread_create(&th, NULL, sender_main, &s) == 0, "pthread_create");
-    sleep_ms(300);
-    s.stop = 1;
-    pthread_join(th, NULL);
-    T_CHECK(tc, s.err == PJ_SUCCESS, "send failed: %s", st(s.err));
+    send_for(tc, &s, 300);
     size_t queued = pj_websock_get_buffered_amount(c.ws);
     printf("# sent %zu x 16 KiB, %zu bytes still queued, %zu echoes so far\n", s.sent, queued, c.n_rx);
-    T_CHECK(tc, s.sent > 0, "nothing sent");
     tctx_destroy(&c);
     c.ws = NULL;
     check_quiet_after_destroy(tc, &c, 300);
@@ -231,6 +251,46 @@ out:
     if (c.ws)
         pj_websock_destroy(c.ws);
     tctx_free(&c);
+}
+
+/* ---- destroy after bursts of small sends ------------------------------ */
+
+/* Small sends in quick succession are coalesced: the application thread
+ * arms a short flush timer while the event thread fires the previous one.
+ * However those race, no timer may outlive the connection and keep the
+ * instance alive (the keep-alive ping timer is 30 s away). */
+static void case_destroy_after_bursts(t_case *tc, void *arg)
+{
+    (void)arg;
+    char url[512];
+    if (!need_url(tc, url, sizeof(url), "WS_ECHO_URL", "/"))
+        return;
+    for (int round = 0; round < 5; ++round) {
+        tctx c;
+        sender s;
+        memset(&s, 0, sizeof(s));
+        s.msg_len = 200;
+        s.burst = 4;
+        tctx_init(&c);
+        c.keep_msgs = 0;
+        if (!tctx_open(tc, &c, NULL, url, NULL)) {
+            T_CHECK(tc, 0, "open failed (round %d)", round);
+            tctx_free(&c);
+            return;
+        }
+        s.ws = c.ws;
+        send_for(tc, &s, 400);
+        tctx_destroy(&c);
+        c.ws = NULL;
+        int freed = wait_live(g_base_live, tmo(2000));
+        T_CHECK(tc, freed, "round %d: live count %u, want %u 2 s after destroy (%zu sends)", round,
+                pj_websock_get_live_count(), g_base_live, s.sent);
+        tctx_free(&c);
+        if (!freed) {
+            wait_live(g_base_live, 35000); /* let the next cases start clean */
+            return;
+        }
+    }
 }
 
 /* ---- destroy while connecting ---------------------------------------- */
@@ -447,6 +507,8 @@ int main(void)
         t_run(in_cb_names[i], case_destroy_in_callback, (void *)&in_cb[i]);
     t_run("destroy from the main thread while messages are delivered", case_destroy_while_receiving, NULL);
     t_run("destroy with data queued and echoes in flight", case_destroy_with_queue, NULL);
+    t_run("destroy after bursts of small sends: no flush timer outlives the connection", case_destroy_after_bursts,
+          NULL);
     for (size_t i = 0; i < sizeof(connecting) / sizeof(connecting[0]); ++i)
         t_run(connecting_names[i], case_destroy_connecting, (void *)&connecting[i]);
     t_run("destroy without ever connecting", case_destroy_never_connected, NULL);

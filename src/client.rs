@@ -1766,7 +1766,14 @@ impl Client {
         let mut g = lock(&self.inner);
         let ping = g.cfg.ping_interval;
         let Some(link) = g.link.as_mut() else { return };
-        link.timer = None;
+        // The timer that fired may not be the one recorded: an API thread
+        // can rearm (cancel and schedule anew) between the loop taking a
+        // due timer and this handler getting the lock. Cancelling the
+        // recorded one (a no-op if it is the one that fired) leaves no
+        // timer untracked, holding the instance until its deadline.
+        if let Some((Some(id), _)) = link.timer.take() {
+            self.cancel_timer(Some(id));
+        }
         let now = Instant::now();
         let due = |t: Option<Instant>| t.is_some_and(|t| t <= now);
         if due(link.flush_deadline) {
