@@ -632,10 +632,23 @@ static int call_tctx_pred(void *ctx, void *arg)
     return p->pred(ctx, p->arg);
 }
 
+int g_tctx_poll;
+
 int tctx_wait_until(tctx *c, int (*pred)(tctx *c, void *arg), void *arg, int ms)
 {
     tctx_pred p = {pred, arg};
-    return cond_wait_until(&c->mu, &c->cv, call_tctx_pred, c, &p, ms);
+    if (!g_tctx_poll)
+        return cond_wait_until(&c->mu, &c->cv, call_tctx_pred, c, &p, ms);
+    /* Poll mode: the callbacks run in pj_websock_poll() on this thread. */
+    double end = now_ms() + ms;
+    for (;;) {
+        pthread_mutex_lock(&c->mu);
+        int ok = pred(c, arg);
+        pthread_mutex_unlock(&c->mu);
+        if (ok || now_ms() > end)
+            return ok;
+        pj_websock_poll(10, NULL);
+    }
 }
 
 static int pred_connect(tctx *c, void *arg)

@@ -189,6 +189,9 @@ int tctx_wait_connect(tctx *c, int ms);
 int tctx_wait_close(tctx *c, int ms);
 int tctx_wait_rx(tctx *c, size_t n, int ms);
 int tctx_wait_until(tctx *c, int (*pred)(tctx *c, void *arg), void *arg, int ms);
+/* Set by a test that runs the library in PJ_WEBSOCK_LOOP_POLL mode: the
+ * tctx waits then call pj_websock_poll() instead of sleeping. */
+extern int g_tctx_poll;
 
 /* Creates (p or defaults), connects to url, waits for on_connect(success).
  * Failures are reported into tc. Returns 1 when OPEN. */

@@ -1651,6 +1651,14 @@ impl Client {
                 break;
             }
         }
+        // The buffer of the last message delivered serves the next one.
+        if let Some(v) = recycled {
+            if let Some(mut g) = self.lock_current(token) {
+                if let Some(conn) = g.link.as_mut().and_then(|l| l.conn.as_mut()) {
+                    conn.recycle(v);
+                }
+            }
+        }
         *cx.bufs().0 = buf;
     }
 

@@ -40,6 +40,7 @@ static long g_closed;
 static int g_failed;
 static char g_err[600];
 
+static int g_poll;                 /* PJWS_LOOP=poll: the loop runs in pj_websock_poll() */
 static atomic_long g_echoes;       /* verified echoes (conns, fanout) */
 static uint64_t g_t0, g_t1, g_cpu0, g_cpu1, g_srv0, g_srv1, g_last_connect;
 static uint64_t *g_sent_at;        /* pingpong: [0]; fanout: per message */
@@ -78,13 +79,25 @@ static const char *strerr(pj_status_t st)
     return buf;
 }
 
-/* Waits until pred() holds or a failure was recorded; 0 on success. */
+/* Waits until pred() holds or a failure was recorded; 0 on success. In
+ * poll mode the callbacks run inside pj_websock_poll() on this thread. */
 static int wait_for(int (*pred)(void), double timeout_s)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     ts.tv_sec += (time_t)timeout_s;
     int rc = 0;
+    if (g_poll) {
+        uint64_t end = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+        while (!pred() && !g_failed) {
+            if (now_ns() > end) {
+                rc = -1;
+                break;
+            }
+            pj_websock_poll(100, NULL);
+        }
+        return g_failed ? -1 : rc;
+    }
     pthread_mutex_lock(&g_mu);
     while (!pred() && !g_failed) {
         if (pthread_cond_timedwait(&g_cv, &g_mu, &ts) == ETIMEDOUT) {
@@ -333,6 +346,10 @@ static void send_or_wait(pj_websock *ws, const uint8_t *buf, size_t len, long *e
         (*ebusy)++;
         if (g_failed)
             return;
+        if (g_poll) {
+            pj_websock_poll(1, NULL);
+            continue;
+        }
         struct timespec ts = {0, 200000};
         nanosleep(&ts, NULL);
     }
@@ -360,6 +377,14 @@ static int report_tail(void)
 int main(int argc, char **argv)
 {
     bench_parse_args(argc, argv, &A);
+    g_poll = getenv("PJWS_LOOP") && !strcmp(getenv("PJWS_LOOP"), "poll");
+    if (g_poll) {
+        pj_status_t st = pj_websock_set_loop_mode(PJ_WEBSOCK_LOOP_POLL);
+        if (st != PJ_SUCCESS) {
+            fprintf(stderr, "pj_websock_set_loop_mode: %d\n", st);
+            return 2;
+        }
+    }
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
@@ -403,9 +428,14 @@ int main(int argc, char **argv)
                 g_cpu0 = self_cpu_us();
                 g_srv0 = proc_cpu_ns(A.server_pid);
                 g_t0 = now_ns();
+                /* Poll mode: echoes are read between sends, every 16
+                 * messages or 32 KiB. */
+                long every = getenv("PJWS_POLL_EVERY") ? atol(getenv("PJWS_POLL_EVERY")) : A.size >= 32768 ? 1 : 16;
                 for (long i = 0; i < A.n && !g_failed; i++) {
                     fill_msg(g_txbuf, (uint64_t)i, (size_t)A.size, 0);
                     send_or_wait(c->ws, g_txbuf, (size_t)A.size, &ebusy);
+                    if (g_poll && i % every == every - 1)
+                        pj_websock_poll(0, NULL);
                 }
             }
             if (!g_failed && wait_for(pred_done, 600.0) && !g_failed)
@@ -501,6 +531,11 @@ int main(int argc, char **argv)
                     uint64_t due = start + (uint64_t)k * period + FANOUT_OFFSET_NS((uint64_t)c, period, (uint64_t)C);
                     fill_msg(buf, ((uint64_t)c << 32) | (uint64_t)k, (size_t)A.size, 0);
                     uint64_t t = now_ns();
+                    while (g_poll && t < due) {
+                        /* Handle echoes while waiting (ms resolution). */
+                        pj_websock_poll((unsigned)((due - t + 999999) / 1000000), NULL);
+                        t = now_ns();
+                    }
                     if (t < due) {
                         struct timespec ts = {(time_t)(due / 1000000000ull), (long)(due % 1000000000ull)};
                         clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL);

@@ -114,6 +114,24 @@ typedef enum pj_websock_close_initiator {
   PJ_WEBSOCK_CLOSE_PROTOCOL = 5,
 } pj_websock_close_initiator;
 
+/**
+ * How the library's own event loop runs (for instances created without
+ * a pjlib ioqueue). See `pj_websock_set_loop_mode()`.
+ */
+typedef enum pj_websock_loop_mode {
+  /**
+   * The library starts one thread that runs the loop and calls every
+   * callback (the default).
+   */
+  PJ_WEBSOCK_LOOP_THREAD = 0,
+  /**
+   * No thread is started: the application runs the loop by calling
+   * `pj_websock_poll()`, and the callbacks run inside that call, on the
+   * application's thread.
+   */
+  PJ_WEBSOCK_LOOP_POLL = 1,
+} pj_websock_loop_mode;
+
 #if !defined(__PJ_TYPES_H__)
 /**
  * Opaque pjlib group lock.
@@ -826,6 +844,34 @@ void pj_websock_set_log_func(void (*func)(int level, const char *msg));
  * finishes on the event thread shortly after `pj_websock_destroy()`).
  */
 unsigned int pj_websock_get_live_count(void);
+
+/**
+ * Chooses how the library's own event loop runs, process-wide. Call it
+ * before the first `pj_websock_connect()` of an instance without an
+ * ioqueue (the loop starts then, in thread mode unless this chose
+ * otherwise). Returns `PJ_SUCCESS` when the loop runs in `mode` (calling
+ * it again with the same mode is harmless), `PJ_EINVALIDOP` when the
+ * loop already runs in the other mode, `PJ_EINVAL` for an unknown mode,
+ * or the OS error if the loop cannot be created.
+ */
+pj_status_t pj_websock_set_loop_mode(int mode);
+
+/**
+ * Poll mode (`PJ_WEBSOCK_LOOP_POLL`): runs the library's event loop on
+ * the calling thread. Waits at most `timeout_ms` milliseconds (less when
+ * a library timer is due sooner; 0 does not wait) for sockets to become
+ * ready, then handles everything that is ready: received data, queued
+ * sends, connects, timers, teardown after `pj_websock_destroy()`. The
+ * callbacks run inside this call. `*p_count` (may be NULL) receives the
+ * number of events handled, 0 when the wait timed out.
+ *
+ * One thread polls at a time: a second thread polling concurrently gets
+ * `PJ_EBUSY`, a call from inside a callback `PJ_EINVALIDOP`, and so does
+ * a call when the loop is not in poll mode. The other API functions may
+ * still be called from any thread; a call that needs the loop (connect,
+ * destroy's teardown) takes effect at the next poll.
+ */
+pj_status_t pj_websock_poll(unsigned int timeout_ms, unsigned int *p_count);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use crate::client::{self, Client, ConnectRequest};
 use crate::ffi::types::*;
+use crate::net::evloop;
 use crate::net::url::WsUrl;
 use crate::proto::frame::OpCode;
 use crate::status::*;
@@ -714,6 +715,62 @@ pub unsafe extern "C" fn pj_websock_set_log_func(
 #[no_mangle]
 pub extern "C" fn pj_websock_get_live_count() -> c_uint {
     client::LIVE.load(Ordering::Relaxed) as c_uint
+}
+
+/// Chooses how the library's own event loop runs, process-wide. Call it
+/// before the first `pj_websock_connect()` of an instance without an
+/// ioqueue (the loop starts then, in thread mode unless this chose
+/// otherwise). Returns `PJ_SUCCESS` when the loop runs in `mode` (calling
+/// it again with the same mode is harmless), `PJ_EINVALIDOP` when the
+/// loop already runs in the other mode, `PJ_EINVAL` for an unknown mode,
+/// or the OS error if the loop cannot be created.
+#[no_mangle]
+pub extern "C" fn pj_websock_set_loop_mode(mode: c_int) -> pj_status_t {
+    guard!(PJ_EBUG, {
+        let want = match mode {
+            0 => evloop::Mode::Thread,
+            1 => evloop::Mode::Poll,
+            _ => return PJ_EINVAL,
+        };
+        match evloop::init(want) {
+            Ok(lp) if lp.mode() == want => PJ_SUCCESS,
+            Ok(_) => PJ_EINVALIDOP,
+            Err(e) => crate::status::from_os(e),
+        }
+    })
+}
+
+/// Poll mode (`PJ_WEBSOCK_LOOP_POLL`): runs the library's event loop on
+/// the calling thread. Waits at most `timeout_ms` milliseconds (less when
+/// a library timer is due sooner; 0 does not wait) for sockets to become
+/// ready, then handles everything that is ready: received data, queued
+/// sends, connects, timers, teardown after `pj_websock_destroy()`. The
+/// callbacks run inside this call. `*p_count` (may be NULL) receives the
+/// number of events handled, 0 when the wait timed out.
+///
+/// One thread polls at a time: a second thread polling concurrently gets
+/// `PJ_EBUSY`, a call from inside a callback `PJ_EINVALIDOP`, and so does
+/// a call when the loop is not in poll mode. The other API functions may
+/// still be called from any thread; a call that needs the loop (connect,
+/// destroy's teardown) takes effect at the next poll.
+#[no_mangle]
+pub unsafe extern "C" fn pj_websock_poll(timeout_ms: c_uint, p_count: *mut c_uint) -> pj_status_t {
+    guard!(PJ_EBUG, {
+        let Some(lp) = evloop::try_get() else {
+            return PJ_EINVALIDOP;
+        };
+        let limit = timeout_ms.min(i32::MAX as c_uint) as i32;
+        match lp.poll(limit) {
+            Ok(n) => {
+                if !p_count.is_null() {
+                    *p_count = n.min(c_uint::MAX as usize) as c_uint;
+                }
+                PJ_SUCCESS
+            }
+            Err(evloop::PollError::Busy) => PJ_EBUSY,
+            Err(_) => PJ_EINVALIDOP,
+        }
+    })
 }
 
 #[cfg(test)]

@@ -194,6 +194,20 @@ pub struct pj_websock_connect_param {
     pub subprotocol: pj_str_t,
 }
 
+/// How the library's own event loop runs (for instances created without
+/// a pjlib ioqueue). See `pj_websock_set_loop_mode()`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum pj_websock_loop_mode {
+    /// The library starts one thread that runs the loop and calls every
+    /// callback (the default).
+    PJ_WEBSOCK_LOOP_THREAD = 0,
+    /// No thread is started: the application runs the loop by calling
+    /// `pj_websock_poll()`, and the callbacks run inside that call, on the
+    /// application's thread.
+    PJ_WEBSOCK_LOOP_POLL = 1,
+}
+
 /// Who ended the connection (see `pj_websock_get_close_info()`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

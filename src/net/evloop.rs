@@ -1,9 +1,12 @@
-//! The library's own event loop: one epoll thread shared by every instance
-//! that was created without a pjlib ioqueue.
+//! The library's own event loop: one epoll loop shared by every instance
+//! that was created without a pjlib ioqueue. It runs on a thread of its
+//! own (the default) or, in poll mode, on whichever application thread
+//! calls [`EventLoop::poll`] (one at a time).
 //!
 //! Contract with handlers:
-//! - `on_io` and `on_timer` run on the loop thread only, with the loop's
-//!   context, so a handler may register and deregister sockets there.
+//! - `on_io` and `on_timer` run on the loop thread only (in poll mode: the
+//!   thread inside `poll`), with the loop's context, so a handler may
+//!   register and deregister sockets there.
 //! - Any thread may `post` a closure to run on the loop thread, and may
 //!   schedule or cancel a handler's single timer.
 //! - A socket's epoll token carries a generation, so an event that was
@@ -13,6 +16,7 @@
 //!   deregistered; deregistered handlers are dropped only after the batch
 //!   of events that might still name them.
 
+use std::cell::Cell;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::io;
@@ -116,6 +120,8 @@ pub struct LoopCtx {
     pub rx_buf: Vec<u8>,
     /// Scratch space for replies the protocol engine writes.
     pub scratch: Vec<u8>,
+    /// epoll_wait's output (taken while a batch is handled).
+    events: Vec<libc::epoll_event>,
 }
 
 /// The process-wide event loop.
@@ -124,17 +130,53 @@ pub struct EventLoop {
     wakefd: RawFd,
     shared: Mutex<Shared>,
     notified: AtomicBool,
-    /// pthread_self() of the loop thread (0 until it runs). Compared
-    /// without std::thread::current(), which would allocate a handle on
-    /// every application thread that calls in.
+    /// pthread_self() of the loop thread (0 until it runs; in poll mode
+    /// the thread that polls, or polled last). Compared without
+    /// std::thread::current(), which would allocate a handle on every
+    /// application thread that calls in.
     thread: AtomicUsize,
+    /// Poll mode: the loop's context between `poll` calls (None: the
+    /// loop has a thread of its own).
+    polled: OnceLock<Mutex<LoopCtx>>,
+}
+
+/// How the loop runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// On a thread of its own, started with the loop.
+    Thread,
+    /// Inside `poll`, on the application's thread.
+    Poll,
+}
+
+/// Why `poll` did not run the loop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PollError {
+    /// The loop runs on its own thread.
+    NotPollMode,
+    /// Another thread is polling.
+    Busy,
+    /// Called from a callback inside `poll`.
+    Reentered,
+}
+
+thread_local! {
+    /// Set while this thread is inside `poll`.
+    static POLLING: Cell<bool> = const { Cell::new(false) };
 }
 
 static LOOP: OnceLock<Result<&'static EventLoop, i32>> = OnceLock::new();
 
-/// The shared loop, started on first use.
+/// The shared loop, started on first use (on its own thread unless
+/// `init(Mode::Poll)` came first).
 pub fn get() -> Result<&'static EventLoop, i32> {
-    *LOOP.get_or_init(|| EventLoop::start().map_err(|e| e.raw_os_error().unwrap_or(libc::EIO)))
+    init(Mode::Thread)
+}
+
+/// The shared loop, started in `mode` if this is its first use; an
+/// existing loop is returned whatever its mode.
+pub fn init(mode: Mode) -> Result<&'static EventLoop, i32> {
+    *LOOP.get_or_init(|| EventLoop::start(mode).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO)))
 }
 
 /// The loop if it was started already (no side effects).
@@ -143,7 +185,8 @@ pub fn try_get() -> Option<&'static EventLoop> {
 }
 
 impl EventLoop {
-    fn start() -> io::Result<&'static EventLoop> {
+    /// A new loop, leaked. In thread mode its thread is started here.
+    pub fn start(mode: Mode) -> io::Result<&'static EventLoop> {
         // SAFETY: plain syscalls; the fds are owned by the leaked loop.
         let epfd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
         if epfd < 0 {
@@ -180,12 +223,57 @@ impl EventLoop {
             }),
             notified: AtomicBool::new(false),
             thread: AtomicUsize::new(0),
+            polled: OnceLock::new(),
         }));
+        if mode == Mode::Poll {
+            let _ = lp.polled.set(Mutex::new(LoopCtx::new(lp)));
+            return Ok(lp);
+        }
         std::thread::Builder::new()
             .name("pjwebsock-loop".into())
             .stack_size(256 * 1024)
             .spawn(move || lp.run())?;
         Ok(lp)
+    }
+
+    /// How this loop runs.
+    pub fn mode(&self) -> Mode {
+        if self.polled.get().is_some() {
+            Mode::Poll
+        } else {
+            Mode::Thread
+        }
+    }
+
+    /// Poll mode: runs one round of the loop on the calling thread. Waits
+    /// at most `timeout_ms` (less if a timer is due sooner) for sockets to
+    /// become ready, then handles what is ready, the posted commands and
+    /// the due timers. Returns how many of those it handled.
+    pub fn poll(&'static self, timeout_ms: i32) -> Result<usize, PollError> {
+        let Some(m) = self.polled.get() else {
+            return Err(PollError::NotPollMode);
+        };
+        if POLLING.with(|p| p.get()) {
+            return Err(PollError::Reentered);
+        }
+        let mut ctx = match m.try_lock() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return Err(PollError::Busy),
+        };
+        // SAFETY: pthread_self has no preconditions.
+        self.thread
+            .store(unsafe { libc::pthread_self() } as usize, Ordering::Relaxed);
+        crate::pjlib::register_thread();
+        POLLING.with(|p| p.set(true));
+        struct Reset;
+        impl Drop for Reset {
+            fn drop(&mut self) {
+                POLLING.with(|p| p.set(false));
+            }
+        }
+        let _reset = Reset;
+        Ok(self.run_once(&mut ctx, timeout_ms))
     }
 
     /// Is the caller running on the loop thread?
@@ -267,70 +355,81 @@ impl EventLoop {
         self.thread
             .store(unsafe { libc::pthread_self() } as usize, Ordering::Relaxed);
         crate::pjlib::register_thread();
-        let mut ctx = LoopCtx {
-            lp: self,
-            slots: Vec::new(),
-            free: Vec::new(),
-            graveyard: Vec::new(),
-            rx_buf: vec![0; RX_BUF_SIZE],
-            scratch: Vec::new(),
-        };
-        let mut events: Vec<libc::epoll_event> = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
+        let mut ctx = LoopCtx::new(self);
         loop {
-            let timeout = self.next_timeout();
-            // SAFETY: events has capacity for events.len() entries.
-            let n = unsafe {
-                libc::epoll_wait(self.epfd, events.as_mut_ptr(), events.len() as i32, timeout)
-            };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() != io::ErrorKind::Interrupted {
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                continue;
-            }
-            let mut woken = false;
-            for ev in &events[..n as usize] {
-                let (flags, data) = (ev.events, ev.u64);
-                if data == WAKE_TOKEN {
-                    woken = true;
-                    continue;
-                }
-                let token = Token(data);
-                let handler = match ctx.slots.get(token.idx()) {
-                    Some(slot) if slot.gen == token.gen() => slot.handler.clone(),
-                    _ => None,
-                };
-                if let Some(h) = handler {
-                    let h2 = h.clone();
-                    if catch_unwind(AssertUnwindSafe(|| h.on_io(&mut ctx, token, flags))).is_err() {
-                        ctx.after_panic();
-                        if catch_unwind(AssertUnwindSafe(|| h2.on_panic(&mut ctx))).is_err() {
-                            ctx.after_panic();
-                        }
-                        // However on_panic went, the socket stops reporting
-                        // to a handler that failed (a level-triggered fd
-                        // would otherwise spin the loop).
-                        ctx.deregister_token(token);
-                    }
-                }
-            }
-            if woken {
-                let mut buf = 0u64;
-                // SAFETY: reads 8 bytes into a valid u64.
-                unsafe { libc::read(self.wakefd, &mut buf as *mut u64 as *mut libc::c_void, 8) };
-                self.notified.store(false, Ordering::Release);
-            }
-            self.run_commands(&mut ctx);
-            self.run_timers(&mut ctx);
-            ctx.graveyard.clear();
-            if n as usize == events.len() && events.len() < 4096 {
-                events.resize(events.len() * 2, libc::epoll_event { events: 0, u64: 0 });
-            }
+            self.run_once(&mut ctx, -1);
         }
     }
 
-    fn run_commands(&self, ctx: &mut LoopCtx) {
+    /// One round: waits for readiness (at most `limit_ms`, -1 for no
+    /// limit, and never past the next timer), handles the ready sockets,
+    /// then the posted commands and the due timers. Returns how many of
+    /// those it handled.
+    fn run_once(&self, ctx: &mut LoopCtx, limit_ms: i32) -> usize {
+        let timeout = match (self.next_timeout(), limit_ms) {
+            (t, l) if t < 0 => l,
+            (t, l) if l < 0 => t,
+            (t, l) => t.min(l),
+        };
+        let mut events = std::mem::take(&mut ctx.events);
+        // SAFETY: events has capacity for events.len() entries.
+        let n = unsafe {
+            libc::epoll_wait(self.epfd, events.as_mut_ptr(), events.len() as i32, timeout)
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            ctx.events = events;
+            if e.kind() != io::ErrorKind::Interrupted && limit_ms < 0 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            return 0;
+        }
+        let mut handled = 0;
+        let mut woken = false;
+        for ev in &events[..n as usize] {
+            let (flags, data) = (ev.events, ev.u64);
+            if data == WAKE_TOKEN {
+                woken = true;
+                continue;
+            }
+            let token = Token(data);
+            let handler = match ctx.slots.get(token.idx()) {
+                Some(slot) if slot.gen == token.gen() => slot.handler.clone(),
+                _ => None,
+            };
+            if let Some(h) = handler {
+                handled += 1;
+                let h2 = h.clone();
+                if catch_unwind(AssertUnwindSafe(|| h.on_io(ctx, token, flags))).is_err() {
+                    ctx.after_panic();
+                    if catch_unwind(AssertUnwindSafe(|| h2.on_panic(ctx))).is_err() {
+                        ctx.after_panic();
+                    }
+                    // However on_panic went, the socket stops reporting
+                    // to a handler that failed (a level-triggered fd
+                    // would otherwise spin the loop).
+                    ctx.deregister_token(token);
+                }
+            }
+        }
+        if woken {
+            let mut buf = 0u64;
+            // SAFETY: reads 8 bytes into a valid u64.
+            unsafe { libc::read(self.wakefd, &mut buf as *mut u64 as *mut libc::c_void, 8) };
+            self.notified.store(false, Ordering::Release);
+        }
+        handled += self.run_commands(ctx);
+        handled += self.run_timers(ctx);
+        ctx.graveyard.clear();
+        if n as usize == events.len() && events.len() < 4096 {
+            events.resize(events.len() * 2, libc::epoll_event { events: 0, u64: 0 });
+        }
+        ctx.events = events;
+        handled
+    }
+
+    fn run_commands(&self, ctx: &mut LoopCtx) -> usize {
+        let mut ran = 0;
         loop {
             let cmds = std::mem::take(
                 &mut self
@@ -340,8 +439,9 @@ impl EventLoop {
                     .commands,
             );
             if cmds.is_empty() {
-                return;
+                return ran;
             }
+            ran += cmds.len();
             for c in cmds {
                 // A panicking command must not take the loop down.
                 if catch_unwind(AssertUnwindSafe(|| c(ctx))).is_err() {
@@ -351,8 +451,9 @@ impl EventLoop {
         }
     }
 
-    fn run_timers(&self, ctx: &mut LoopCtx) {
+    fn run_timers(&self, ctx: &mut LoopCtx) -> usize {
         let now = Instant::now();
+        let mut fired = 0;
         loop {
             let due = {
                 let mut sh = self.shared.lock().unwrap_or_else(|e| e.into_inner());
@@ -373,6 +474,7 @@ impl EventLoop {
             };
             match due {
                 Some(h) => {
+                    fired += 1;
                     let h2 = h.clone();
                     if catch_unwind(AssertUnwindSafe(|| h.on_timer(ctx))).is_err() {
                         ctx.after_panic();
@@ -381,7 +483,7 @@ impl EventLoop {
                         }
                     }
                 }
-                None => return,
+                None => return fired,
             }
         }
     }
@@ -407,6 +509,18 @@ impl EventLoop {
 }
 
 impl LoopCtx {
+    fn new(lp: &'static EventLoop) -> LoopCtx {
+        LoopCtx {
+            lp,
+            slots: Vec::new(),
+            free: Vec::new(),
+            graveyard: Vec::new(),
+            rx_buf: vec![0; RX_BUF_SIZE],
+            scratch: Vec::new(),
+            events: vec![libc::epoll_event { events: 0, u64: 0 }; 256],
+        }
+    }
+
     /// The loop this context belongs to.
     pub fn event_loop(&self) -> &'static EventLoop {
         self.lp

@@ -19,6 +19,8 @@ pub const MAX_IOV: usize = 64;
 /// Written chunks kept for reuse while the connection is busy (4 MiB):
 /// refilling a large queue then costs no allocation and no page faults.
 const MAX_SPARE: usize = 64;
+/// Largest frame chunk kept for reuse (see `TxQueue::big_spare`).
+const BIG_SPARE_MAX: usize = 4 * 1024 * 1024;
 
 #[derive(Default)]
 pub struct TxQueue {
@@ -29,6 +31,11 @@ pub struct TxQueue {
     len: usize,
     /// Written chunks kept for reuse (all of capacity `CHUNK` or less).
     spare: Vec<Vec<u8>>,
+    /// One written chunk of a large frame (above `CHUNK`, at most
+    /// `BIG_SPARE_MAX`), kept for the next large frame: a stream of big
+    /// messages then reuses one buffer instead of faulting in fresh pages
+    /// for every message.
+    big_spare: Vec<u8>,
 }
 
 impl TxQueue {
@@ -59,6 +66,9 @@ impl TxQueue {
                 CHUNK.max(room)
             };
             let chunk = match self.spare.last() {
+                _ if want > CHUNK && self.big_spare.capacity() >= want => {
+                    std::mem::take(&mut self.big_spare)
+                }
                 Some(c) if c.capacity() >= want => self.spare.pop().expect("checked"),
                 // A small spare is not worth keeping once bigger ones are needed.
                 Some(c) if c.capacity() < CHUNK => {
@@ -148,9 +158,14 @@ impl TxQueue {
 
     fn recycle(&mut self, mut c: Vec<u8>) {
         // Regular chunks only: a 16 MiB frame's chunk goes back at once.
-        if c.capacity() <= CHUNK && self.spare.len() < MAX_SPARE {
+        if c.capacity() <= CHUNK {
+            if self.spare.len() < MAX_SPARE {
+                c.clear();
+                self.spare.push(c);
+            }
+        } else if c.capacity() <= BIG_SPARE_MAX && c.capacity() > self.big_spare.capacity() {
             c.clear();
-            self.spare.push(c);
+            self.big_spare = c;
         }
     }
 
@@ -159,6 +174,7 @@ impl TxQueue {
         if self.len == 0 {
             self.chunks = VecDeque::new();
             self.spare = Vec::new();
+            self.big_spare = Vec::new();
             self.head = 0;
         }
     }
@@ -232,5 +248,32 @@ mod tests {
             q.chunks.iter().skip(1).all(|c| spare.contains(&c.as_ptr())),
             "spare chunks are reused"
         );
+    }
+
+    #[test]
+    fn large_frames_reuse_one_big_chunk_until_trimmed() {
+        let mut q = TxQueue::default();
+        let big = vec![3u8; 1 << 20];
+        q.push(&[0; 10]); // a small first chunk, then the large frame
+        q.push(&big);
+        let first = q.chunks.back().unwrap().as_ptr();
+        q.consume(q.len());
+        assert_eq!(q.big_spare.as_ptr(), first, "kept after it was written");
+        q.push(&[0; 10]);
+        q.push(&big);
+        assert_eq!(
+            q.chunks.back().unwrap().as_ptr(),
+            first,
+            "reused for the next"
+        );
+        assert_eq!(q.front(), &[0u8; 10][..]);
+        q.consume(q.len());
+        // Above the cap a chunk is not kept; a quiet connection drops all.
+        q.push(&[0; 10]);
+        q.push(&vec![4u8; BIG_SPARE_MAX + 1]);
+        q.consume(q.len());
+        assert_eq!(q.big_spare.as_ptr(), first);
+        q.trim();
+        assert_eq!(q.big_spare.capacity(), 0);
     }
 }

@@ -1,0 +1,431 @@
+/* PJ_WEBSOCK_LOOP_POLL: the library's event loop runs inside
+ * pj_websock_poll() on the application's thread, no thread of the
+ * library's is started, and every callback runs inside that call.
+ * Covers the mode switch rules, echo of small and large messages, the
+ * timers (connect timeout, close handshake), name resolution, destroy
+ * (from the polling thread and from a callback), a call from inside a
+ * callback (PJ_EINVALIDOP), a second polling thread (PJ_EBUSY) and the
+ * wait bound of pj_websock_poll() itself. The mode is process-wide, so
+ * this is a binary of its own. */
+#include "common.h"
+
+#include <dirent.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static pthread_t g_main;
+static int g_off_thread; /* callbacks that ran on another thread */
+static unsigned g_base_live;
+
+static void note_thread(void)
+{
+    if (!pthread_equal(pthread_self(), g_main))
+        g_off_thread++;
+}
+
+static void hook_connect_note(tctx *c, pj_websock *ws, pj_status_t status)
+{
+    (void)c;
+    (void)ws;
+    (void)status;
+    note_thread();
+}
+
+static void hook_rx_note(tctx *c, pj_websock *ws, pj_websock_opcode op, const void *d, pj_size_t len)
+{
+    (void)c;
+    (void)ws;
+    (void)op;
+    (void)d;
+    (void)len;
+    note_thread();
+}
+
+static void hook_close_note(tctx *c, pj_websock *ws, pj_uint16_t code, const pj_str_t *reason)
+{
+    (void)c;
+    (void)ws;
+    (void)code;
+    (void)reason;
+    note_thread();
+}
+
+static void tctx_init_noted(tctx *c)
+{
+    tctx_init(c);
+    c->connect_hook = hook_connect_note;
+    c->rx_hook = hook_rx_note;
+    c->close_hook = hook_close_note;
+}
+
+/* Threads of this process whose name starts with "pjwebsock". */
+static int library_threads(void)
+{
+    DIR *d = opendir("/proc/self/task");
+    int n = 0;
+    struct dirent *e;
+    if (!d)
+        return -1;
+    while ((e = readdir(d)) != NULL) {
+        char path[300], name[64] = "";
+        if (e->d_name[0] == '.')
+            continue;
+        snprintf(path, sizeof(path), "/proc/self/task/%s/comm", e->d_name);
+        FILE *f = fopen(path, "r");
+        if (!f)
+            continue;
+        if (fgets(name, sizeof(name), f) && !strncmp(name, "pjwebsock", 9))
+            n++;
+        fclose(f);
+    }
+    closedir(d);
+    return n;
+}
+
+/* Polls until the live count is back to the base or `ms` passed. */
+static int poll_until_freed(int ms)
+{
+    double end = now_ms() + ms;
+    while (pj_websock_get_live_count() != g_base_live && now_ms() < end)
+        pj_websock_poll(10, NULL);
+    return pj_websock_get_live_count() == g_base_live;
+}
+
+/* End of a case: destroy what is left, poll until it is freed, free the
+ * context. */
+static void end_case(t_case *tc, tctx *c)
+{
+    if (c->ws)
+        tctx_destroy(c);
+    T_CHECK(tc, poll_until_freed(tmo(3000)), "live count %u, want %u", pj_websock_get_live_count(), g_base_live);
+    tctx_free(c);
+}
+
+/* ---- mode switch --------------------------------------------------- */
+
+static void case_mode_rules(t_case *tc, void *arg)
+{
+    (void)arg;
+    unsigned n = 99;
+    pj_status_t rc = pj_websock_poll(0, &n);
+    T_CHECK(tc, rc == PJ_EINVALIDOP, "poll before the mode is chosen: %s", st(rc));
+    T_CHECK(tc, n == 99, "*p_count written on failure (%u)", n);
+    rc = pj_websock_set_loop_mode(7);
+    T_CHECK(tc, rc == PJ_EINVAL, "mode 7: %s", st(rc));
+    rc = pj_websock_set_loop_mode(-1);
+    T_CHECK(tc, rc == PJ_EINVAL, "mode -1: %s", st(rc));
+    rc = pj_websock_set_loop_mode(PJ_WEBSOCK_LOOP_POLL);
+    T_CHECK(tc, rc == PJ_SUCCESS, "poll mode: %s", st(rc));
+    rc = pj_websock_set_loop_mode(PJ_WEBSOCK_LOOP_POLL);
+    T_CHECK(tc, rc == PJ_SUCCESS, "poll mode again: %s", st(rc));
+    rc = pj_websock_set_loop_mode(PJ_WEBSOCK_LOOP_THREAD);
+    T_CHECK(tc, rc == PJ_EINVALIDOP, "thread mode after poll mode: %s", st(rc));
+    rc = pj_websock_poll(0, NULL);
+    T_CHECK(tc, rc == PJ_SUCCESS, "poll(0, NULL): %s", st(rc));
+    T_CHECK(tc, library_threads() == 0, "%d library threads", library_threads());
+}
+
+/* ---- pj_websock_poll waits at most its timeout ------------------------ */
+
+static void case_poll_timeout(t_case *tc, void *arg)
+{
+    (void)arg;
+    if (skip_timing_under_valgrind(tc))
+        return;
+    unsigned n = 99;
+    double t0 = now_ms();
+    pj_status_t rc = pj_websock_poll(100, &n);
+    double dt = now_ms() - t0;
+    T_CHECK(tc, rc == PJ_SUCCESS, "poll: %s", st(rc));
+    T_CHECK(tc, n == 0, "%u events with nothing to do", n);
+    T_CHECK(tc, dt >= 95 && dt < 600, "poll(100) took %.0f ms", dt);
+    t0 = now_ms();
+    rc = pj_websock_poll(0, &n);
+    dt = now_ms() - t0;
+    T_CHECK(tc, rc == PJ_SUCCESS && n == 0, "poll(0): %s, %u events", st(rc), n);
+    T_CHECK(tc, dt < 50, "poll(0) took %.0f ms", dt);
+}
+
+/* ---- nothing happens without polling, then everything does ------------ */
+
+static void case_echo(t_case *tc, void *arg)
+{
+    (void)arg;
+    char url[512];
+    tctx c;
+    tctx_init_noted(&c);
+    unsigned char *big = NULL;
+    if (!need_url(tc, url, sizeof(url), "WS_ECHO_URL", "/"))
+        goto out;
+    g_off_thread = 0;
+    pj_websock_param p;
+    tctx_param(&c, &p);
+    p.max_rx_msg_size = 8 * MiB;
+    pj_status_t rc = tctx_create(&c, &p, NULL);
+    T_REQUIRE(tc, rc == PJ_SUCCESS, "create: %s", st(rc));
+    rc = tctx_connect(&c, url, NULL);
+    T_REQUIRE(tc, rc == PJ_SUCCESS, "connect: %s", st(rc));
+    /* Without a poll the connect does not even start. */
+    sleep_ms(200);
+    T_CHECK(tc, c.n_connect == 0, "on_connect without polling");
+    T_CHECK(tc, pj_websock_get_state(c.ws) == PJ_WEBSOCK_STATE_CONNECTING, "state %s",
+            state_name(pj_websock_get_state(c.ws)));
+    T_REQUIRE(tc, tctx_wait_connect(&c, tmo(5000)), "no on_connect while polling");
+    T_REQUIRE(tc, c.connect_status == PJ_SUCCESS, "on_connect: %s", st(c.connect_status));
+    T_CHECK(tc, library_threads() == 0, "%d library threads while connected", library_threads());
+
+    /* 200 messages of growing size and one of 4 MiB, all queued before
+     * any poll: they leave when the loop runs, echoes in order. */
+    static const size_t sizes[] = {0, 1, 125, 126, 640, 65535, 65536, 200000};
+    size_t n_sent = 0;
+    for (int i = 0; i < 200; ++i) {
+        size_t len = sizes[i % 8];
+        unsigned char buf[200000];
+        pat_fill(buf, len, (size_t)i);
+        rc = pj_websock_send(c.ws, PJ_WEBSOCK_OP_BIN, buf, len);
+        T_REQUIRE(tc, rc == PJ_SUCCESS, "send %d: %s", i, st(rc));
+        n_sent++;
+    }
+    big = malloc(4 * MiB);
+    T_REQUIRE(tc, big != NULL, "malloc");
+    pat_fill(big, 4 * MiB, 7);
+    rc = pj_websock_send(c.ws, PJ_WEBSOCK_OP_BIN, big, 4 * MiB);
+    T_REQUIRE(tc, rc == PJ_SUCCESS, "send 4 MiB: %s", st(rc));
+    n_sent++;
+    T_REQUIRE(tc, tctx_wait_rx(&c, n_sent, tmo(20000)), "%zu of %zu echoes", c.n_rx, n_sent);
+    for (size_t i = 0; i < 200; ++i) {
+        rx_msg m;
+        T_REQUIRE(tc, tctx_msg(&c, i, &m), "message %zu missing", i);
+        size_t len = sizes[i % 8];
+        T_CHECK(tc, m.opcode == PJ_WEBSOCK_OP_BIN && m.len == len && pat_check(m.data, len, i) < 0,
+                "echo %zu: opcode %d, %zu bytes (want %zu)", i, m.opcode, m.len, len);
+    }
+    rx_msg m;
+    T_REQUIRE(tc, tctx_msg(&c, 200, &m), "4 MiB echo missing");
+    T_CHECK(tc, m.len == 4 * MiB && pat_check(m.data, m.len, 7) < 0, "4 MiB echo: %zu bytes, bad at %ld", m.len,
+            pat_check(m.data, m.len, 7));
+    T_REQUIRE(tc, tctx_close_wait(tc, &c, 1000, "done"), "close");
+    T_CHECK(tc, c.close_info.clean, "close not clean");
+    T_CHECK(tc, g_off_thread == 0, "%d callbacks off the polling thread", g_off_thread);
+out:
+    free(big);
+    end_case(tc, &c);
+}
+
+/* ---- timers run while polling --------------------------------------- */
+
+static void case_connect_timeout(t_case *tc, void *arg)
+{
+    (void)arg;
+    char url[512];
+    tctx c;
+    tctx_init_noted(&c);
+    if (!url_make(url, sizeof(url), "WS_BLACKHOLE_URL", "/")) {
+        t_skip(tc, "WS_BLACKHOLE_URL is not set");
+        goto out;
+    }
+    pj_status_t rc = tctx_create(&c, NULL, NULL);
+    T_REQUIRE(tc, rc == PJ_SUCCESS, "create: %s", st(rc));
+    pj_websock_set_connect_timeout(c.ws, 300);
+    double t0 = now_ms();
+    rc = tctx_connect(&c, url, NULL);
+    T_REQUIRE(tc, rc == PJ_SUCCESS, "connect: %s", st(rc));
+    T_REQUIRE(tc, tctx_wait_connect(&c, tmo(5000)), "no on_connect");
+    double dt = now_ms() - t0;
+    T_CHECK(tc, c.connect_status == PJ_WEBSOCK_ECONNECTTIMEOUT, "on_connect: %s", st(c.connect_status));
+    if (!under_valgrind())
+        T_CHECK(tc, dt >= 290 && dt < 1500, "timed out after %.0f ms (300 set)", dt);
+out:
+    end_case(tc, &c);
+}
+
+/* A host name: resolution runs off this thread and its result comes back
+ * through the loop. */
+static void case_resolve(t_case *tc, void *arg)
+{
+    (void)arg;
+    char url[512];
+    tctx c;
+    tctx_init_noted(&c);
+    int port = url_port(env_url("WS_ECHO_URL"));
+    if (port <= 0) {
+        t_skip(tc, "WS_ECHO_URL is not set");
+        goto out;
+    }
+    snprintf(url, sizeof(url), "ws://localhost:%d/", port);
+    g_off_thread = 0;
+    T_REQUIRE(tc, tctx_open(tc, &c, NULL, url, NULL), "open %s", url);
+    pj_status_t rc = pj_websock_send(c.ws, PJ_WEBSOCK_OP_TEXT, "hi", 2);
+    T_REQUIRE(tc, rc == PJ_SUCCESS, "send: %s", st(rc));
+    T_REQUIRE(tc, tctx_wait_rx(&c, 1, tmo(5000)), "no echo");
+    T_CHECK(tc, g_off_thread == 0, "%d callbacks off the polling thread", g_off_thread);
+out:
+    end_case(tc, &c);
+}
+
+/* ---- calls that are refused ------------------------------------------ */
+
+static void hook_rx_poll_inside(tctx *c, pj_websock *ws, pj_websock_opcode op, const void *d, pj_size_t len)
+{
+    (void)ws;
+    (void)op;
+    (void)d;
+    (void)len;
+    c->hook_status = pj_websock_poll(0, NULL);
+}
+
+typedef struct poller {
+    volatile int go;
+    pj_status_t rc;
+} poller;
+
+static void *second_poller(void *arg)
+{
+    poller *p = arg;
+    while (!p->go)
+        sleep_ms(1);
+    p->rc = pj_websock_poll(0, NULL);
+    return NULL;
+}
+
+static void hook_rx_other_thread_polls(tctx *c, pj_websock *ws, pj_websock_opcode op, const void *d, pj_size_t len)
+{
+    (void)ws;
+    (void)op;
+    (void)d;
+    (void)len;
+    /* This thread is inside pj_websock_poll(): another one may not poll. */
+    poller p = {1, PJ_SUCCESS};
+    pthread_t th;
+    if (pthread_create(&th, NULL, second_poller, &p) == 0) {
+        pthread_join(th, NULL);
+        c->hook_status = p.rc;
+    }
+}
+
+static void case_refused_calls(t_case *tc, void *arg)
+{
+    (void)arg;
+    char url[512];
+    tctx c;
+    tctx_init(&c);
+    if (!need_url(tc, url, sizeof(url), "WS_ECHO_URL", "/"))
+        goto out;
+    T_REQUIRE(tc, tctx_open(tc, &c, NULL, url, NULL), "open");
+    c.hook_status = PJ_SUCCESS;
+    c.rx_hook = hook_rx_poll_inside;
+    pj_status_t rc = pj_websock_send(c.ws, PJ_WEBSOCK_OP_TEXT, "a", 1);
+    T_REQUIRE(tc, rc == PJ_SUCCESS, "send: %s", st(rc));
+    T_REQUIRE(tc, tctx_wait_rx(&c, 1, tmo(5000)), "no echo");
+    T_CHECK(tc, c.hook_status == PJ_EINVALIDOP, "pj_websock_poll inside a callback: %s", st(c.hook_status));
+    c.hook_status = PJ_SUCCESS;
+    c.rx_hook = hook_rx_other_thread_polls;
+    rc = pj_websock_send(c.ws, PJ_WEBSOCK_OP_TEXT, "b", 1);
+    T_REQUIRE(tc, rc == PJ_SUCCESS, "send: %s", st(rc));
+    T_REQUIRE(tc, tctx_wait_rx(&c, 2, tmo(5000)), "no echo");
+    T_CHECK(tc, c.hook_status == PJ_EBUSY, "a second thread polling meanwhile: %s", st(c.hook_status));
+    c.rx_hook = NULL;
+    /* The loop is intact: one more echo. */
+    rc = pj_websock_send(c.ws, PJ_WEBSOCK_OP_TEXT, "c", 1);
+    T_REQUIRE(tc, rc == PJ_SUCCESS, "send: %s", st(rc));
+    T_CHECK(tc, tctx_wait_rx(&c, 3, tmo(5000)), "no echo after the refused calls");
+out:
+    end_case(tc, &c);
+}
+
+/* Another thread may poll once this one is done: the loop is not bound to
+ * the first thread that polled. */
+static void *poll_echo_thread(void *arg)
+{
+    tctx *c = arg;
+    pj_websock_send(c->ws, PJ_WEBSOCK_OP_TEXT, "from another thread", 19);
+    tctx_wait_rx(c, 1, tmo(5000));
+    return NULL;
+}
+
+static void case_other_thread_polls(t_case *tc, void *arg)
+{
+    (void)arg;
+    char url[512];
+    tctx c;
+    tctx_init(&c);
+    pthread_t th;
+    if (!need_url(tc, url, sizeof(url), "WS_ECHO_URL", "/"))
+        goto out;
+    T_REQUIRE(tc, tctx_open(tc, &c, NULL, url, NULL), "open");
+    T_REQUIRE(tc, pthread_create(&th, NULL, poll_echo_thread, &c) == 0, "pthread_create");
+    pthread_join(th, NULL);
+    T_CHECK(tc, c.n_rx == 1, "%zu echoes polled by the other thread", c.n_rx);
+out:
+    end_case(tc, &c);
+}
+
+/* ---- destroy ---------------------------------------------------------- */
+
+static void hook_rx_destroy(tctx *c, pj_websock *ws, pj_websock_opcode op, const void *d, pj_size_t len)
+{
+    (void)op;
+    (void)d;
+    (void)len;
+    if (!c->destroyed) {
+        c->hook_status = pj_websock_destroy(ws);
+        c->destroyed = 1;
+        c->ws = NULL;
+    }
+}
+
+static void case_destroy(t_case *tc, void *arg)
+{
+    int in_callback = arg != NULL;
+    char url[512];
+    tctx c;
+    tctx_init(&c);
+    c.keep_msgs = 0;
+    if (!need_url(tc, url, sizeof(url), "WS_ECHO_URL", in_callback ? "/flood?size=100" : "/"))
+        goto out;
+    if (in_callback)
+        c.rx_hook = hook_rx_destroy;
+    T_REQUIRE(tc, tctx_open(tc, &c, NULL, url, NULL), "open");
+    if (in_callback) {
+        T_REQUIRE(tc, tctx_wait_rx(&c, 1, tmo(5000)), "no message");
+        T_CHECK(tc, c.hook_status == PJ_SUCCESS, "destroy in on_rx_msg: %s", st(c.hook_status));
+        size_t n = c.n_rx;
+        for (int i = 0; i < 20; ++i)
+            pj_websock_poll(5, NULL);
+        T_CHECK(tc, c.n_rx == n, "%zu messages after destroy", c.n_rx - n);
+    } else {
+        unsigned char buf[16384];
+        pat_fill(buf, sizeof(buf), 0);
+        for (int i = 0; i < 100; ++i)
+            pj_websock_send(c.ws, PJ_WEBSOCK_OP_BIN, buf, sizeof(buf));
+        pj_status_t rc = tctx_destroy(&c);
+        c.ws = NULL;
+        T_CHECK(tc, rc == PJ_SUCCESS, "destroy: %s", st(rc));
+    }
+    T_CHECK(tc, poll_until_freed(tmo(3000)), "live count %u, want %u", pj_websock_get_live_count(), g_base_live);
+    T_CHECK(tc, c.n_after_destroy == 0, "%d callbacks after destroy", c.n_after_destroy);
+out:
+    if (c.ws)
+        tctx_destroy(&c);
+    poll_until_freed(tmo(3000));
+    tctx_free(&c);
+}
+
+int main(void)
+{
+    g_main = pthread_self();
+    g_tctx_poll = 1;
+    g_base_live = pj_websock_get_live_count();
+    t_run("mode: poll before choosing, unknown modes, switching back refused, no thread", case_mode_rules, NULL);
+    t_run("pj_websock_poll waits at most its timeout", case_poll_timeout, NULL);
+    t_run("echo: nothing before the first poll, then 201 messages up to 4 MiB on the polling thread", case_echo,
+          NULL);
+    t_run("connect timeout fires while polling (black hole, 300 ms)", case_connect_timeout, NULL);
+    t_run("host name resolved off the polling thread, callbacks on it", case_resolve, NULL);
+    t_run("poll inside a callback: PJ_EINVALIDOP; a second thread meanwhile: PJ_EBUSY", case_refused_calls, NULL);
+    t_run("another thread may poll when the first is not polling", case_other_thread_polls, NULL);
+    t_run("destroy with data queued: freed by the next polls", case_destroy, NULL);
+    t_run("destroy inside on_rx_msg while the server floods", case_destroy, (void *)1);
+    return t_done();
+}
