@@ -9,6 +9,11 @@
  * send-queue high-water mark, set to 256 KiB as the header recommends for
  * such senders: wait a little and retry); fanout sends from
  * the main thread on a 20 ms clock per connection.
+ *
+ * With PJWS_LOOP=poll the loop runs in poll mode (PJ_WEBSOCK_LOOP_POLL): no
+ * library thread; the main thread runs the loop in pj_websock_poll() while
+ * it waits (for connects, echoes, a send slot on PJ_EBUSY, the next fanout
+ * frame's due time) and, when streaming, after every 128 KiB it sent.
  */
 #include "common.h"
 
@@ -428,9 +433,9 @@ int main(int argc, char **argv)
                 g_cpu0 = self_cpu_us();
                 g_srv0 = proc_cpu_ns(A.server_pid);
                 g_t0 = now_ns();
-                /* Poll mode: echoes are read between sends, every 16
-                 * messages or 32 KiB. */
-                long every = getenv("PJWS_POLL_EVERY") ? atol(getenv("PJWS_POLL_EVERY")) : A.size >= 32768 ? 1 : 16;
+                /* Poll mode: the echoes are handled between sends, after
+                 * every 128 KiB sent (and whenever the queue is full). */
+                long every = A.size >= 131072 ? 1 : 131072 / A.size;
                 for (long i = 0; i < A.n && !g_failed; i++) {
                     fill_msg(g_txbuf, (uint64_t)i, (size_t)A.size, 0);
                     send_or_wait(c->ws, g_txbuf, (size_t)A.size, &ebusy);
