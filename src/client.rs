@@ -581,6 +581,14 @@ impl Link {
         Some((io, ev, asked))
     }
 
+    /// Gives a delivered message's buffer back to the engine for the
+    /// next message.
+    fn recycle(&mut self, buf: Vec<u8>) {
+        if let Some(conn) = self.conn.as_mut() {
+            conn.recycle(buf);
+        }
+    }
+
     /// The close handshake has begun: no more pings; the connection ends
     /// by the close timeout at the latest (the caller rearms the timer).
     fn enter_closing(&mut self, close_timeout: Duration) {
@@ -1529,8 +1537,8 @@ impl Client {
                 break;
             };
             let Some(link) = g.link.as_mut() else { break };
-            if let (Some(v), Some(conn)) = (recycled.take(), link.conn.as_mut()) {
-                conn.recycle(v);
+            if let Some(v) = recycled.take() {
+                link.recycle(v);
             }
             // A large payload is due: read it straight into the message
             // buffer rather than through `buf`.
@@ -1653,10 +1661,12 @@ impl Client {
         }
         // The buffer of the last message delivered serves the next one.
         if let Some(v) = recycled {
-            if let Some(mut g) = self.lock_current(token) {
-                if let Some(conn) = g.link.as_mut().and_then(|l| l.conn.as_mut()) {
-                    conn.recycle(v);
-                }
+            if let Some(link) = self
+                .lock_current(token)
+                .as_deref_mut()
+                .and_then(|g| g.link.as_mut())
+            {
+                link.recycle(v);
             }
         }
         *cx.bufs().0 = buf;

@@ -261,10 +261,7 @@ impl EventLoop {
             Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
             Err(std::sync::TryLockError::WouldBlock) => return Err(PollError::Busy),
         };
-        // SAFETY: pthread_self has no preconditions.
-        self.thread
-            .store(unsafe { libc::pthread_self() } as usize, Ordering::Relaxed);
-        crate::pjlib::register_thread();
+        self.become_loop_thread();
         POLLING.with(|p| p.set(true));
         struct Reset;
         impl Drop for Reset {
@@ -350,11 +347,17 @@ impl EventLoop {
         Ok(())
     }
 
-    fn run(&'static self) {
+    /// Makes the calling thread the loop thread (until another one polls)
+    /// and registers it with pjlib when pjlib is in the process.
+    fn become_loop_thread(&self) {
         // SAFETY: pthread_self has no preconditions.
         self.thread
             .store(unsafe { libc::pthread_self() } as usize, Ordering::Relaxed);
         crate::pjlib::register_thread();
+    }
+
+    fn run(&'static self) {
+        self.become_loop_thread();
         let mut ctx = LoopCtx::new(self);
         loop {
             self.run_once(&mut ctx, -1);

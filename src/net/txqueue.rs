@@ -65,17 +65,18 @@ impl TxQueue {
             } else {
                 CHUNK.max(room)
             };
-            let chunk = match self.spare.last() {
-                _ if want > CHUNK && self.big_spare.capacity() >= want => {
-                    std::mem::take(&mut self.big_spare)
+            let chunk = if want > CHUNK && self.big_spare.capacity() >= want {
+                std::mem::take(&mut self.big_spare)
+            } else {
+                match self.spare.last() {
+                    Some(c) if c.capacity() >= want => self.spare.pop().expect("checked"),
+                    // A small spare is not worth keeping once bigger ones are needed.
+                    Some(c) if c.capacity() < CHUNK => {
+                        self.spare.pop();
+                        Vec::with_capacity(want)
+                    }
+                    _ => Vec::with_capacity(want),
                 }
-                Some(c) if c.capacity() >= want => self.spare.pop().expect("checked"),
-                // A small spare is not worth keeping once bigger ones are needed.
-                Some(c) if c.capacity() < CHUNK => {
-                    self.spare.pop();
-                    Vec::with_capacity(want)
-                }
-                _ => Vec::with_capacity(want),
             };
             self.chunks.push_back(chunk);
         }
