@@ -1428,6 +1428,57 @@ out:
     tctx_free(&c);
 }
 
+/* Sends 16 x 1 MiB to a peer that is not reading: the socket fills, the
+ * records of large writes wait in the library and must reach the peer
+ * whole and in order once it reads again. */
+static void case_paused_peer(t_case *tc, void *arg)
+{
+    (void)arg;
+    enum { N = 16 };
+    int port;
+    char url[256];
+    tctx c;
+    unsigned char *buf = NULL;
+    tctx_init(&c);
+    if (!need_env(tc) || (port = port_of(tc, "VALID")) < 0)
+        goto out;
+    make_url(url, sizeof(url), "localhost", port, under_valgrind() ? "/pause?ms=6000" : "/pause?ms=1500");
+    tls_opts o = with_ca();
+    if (!tls_open(tc, &c, url, &o))
+        goto out;
+    buf = malloc(MiB);
+    T_REQUIRE(tc, buf, "malloc");
+    size_t most = 0;
+    for (int i = 0; i < N; ++i) {
+        pat_fill(buf, MiB, (size_t)i * 7);
+        pj_status_t rc = pj_websock_send(c.ws, PJ_WEBSOCK_OP_BIN, buf, MiB);
+        T_REQUIRE(tc, rc == PJ_SUCCESS, "send #%d: %s", i, st(rc));
+        size_t b = pj_websock_get_buffered_amount(c.ws);
+        if (b > most)
+            most = b;
+    }
+    /* The kernel holds a few MiB at most: the rest waits in the library. */
+    T_CHECK(tc, most >= 4 * MiB, "buffered amount peaked at %zu while the peer was paused", most);
+    T_REQUIRE(tc, tctx_wait_rx(&c, N, tmo(60000)), "only %zu of %d echoes (state %s)", c.n_rx, N,
+              state_name(pj_websock_get_state(c.ws)));
+    for (int i = 0; i < N; ++i) {
+        rx_msg m;
+        T_REQUIRE(tc, tctx_msg(&c, (size_t)i, &m), "message %d missing", i);
+        T_REQUIRE(tc, m.opcode == PJ_WEBSOCK_OP_BIN && m.len == MiB, "message %d: op %d len %zu", i, m.opcode,
+                  m.len);
+        long bad = pat_check(m.data, m.len, (size_t)i * 7);
+        T_REQUIRE(tc, bad < 0, "message %d differs at %ld", i, bad);
+    }
+    T_CHECK(tc, pj_websock_get_buffered_amount(c.ws) == 0, "buffered amount %zu after every echo",
+            pj_websock_get_buffered_amount(c.ws));
+    close_clean(tc, &c);
+out:
+    free(buf);
+    if (c.ws)
+        tctx_destroy(&c);
+    tctx_free(&c);
+}
+
 static void case_stream(t_case *tc, void *arg)
 {
     (void)arg;
@@ -1888,6 +1939,7 @@ int main(void)
         t_run("16 MiB TEXT echo over TLS", case_big_echo, (void *)&text);
     }
     t_run("10,000-message stream over TLS echoes in order", case_stream, NULL);
+    t_run("16 x 1 MiB to a paused TLS peer: queued records arrive whole and in order", case_paused_peer, NULL);
     t_run("TLS records split across TCP reads (1..4099-byte pieces)", case_trickle, NULL);
     {
         static const int cli = 0, srv = 1;

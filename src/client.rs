@@ -517,7 +517,7 @@ impl Link {
     }
 
     fn buffered(&self) -> usize {
-        self.tx.len()
+        self.tx.len() + self.tls.as_ref().map_or(0, |t| t.out_pending())
     }
 
     fn earliest_deadline(&self) -> Option<Instant> {
@@ -633,6 +633,13 @@ impl Link {
         if self.sock.is_none() {
             return Ok(());
         }
+        if let Some(t) = self.tls.as_mut() {
+            match t.send_pending() {
+                Ok(()) | Err(TlsIoError::WouldBlock) => {}
+                Err(TlsIoError::Eof) => return Err(PJ_EEOF),
+                Err(TlsIoError::Failed(e)) => return Err(e),
+            }
+        }
         while !self.tx.is_empty() {
             match self.write_some() {
                 Io::Done(n) => self.tx.consume(n),
@@ -645,8 +652,13 @@ impl Link {
         if !pending {
             self.flush_deadline = None;
         }
-        // TLS may need the socket writable to make progress on a read.
-        let pending = pending || self.tls.as_ref().is_some_and(|t| t.want_write);
+        // TLS may need the socket writable to make progress on a read, or
+        // to send the records of a corked write.
+        let pending = pending
+            || self
+                .tls
+                .as_ref()
+                .is_some_and(|t| t.want_write || t.out_pending() > 0);
         if pending != self.out_armed && self.phase != Phase::Connecting {
             self.interest(if pending { EV_IN | EV_OUT } else { EV_IN });
             self.out_armed = pending;
@@ -1846,6 +1858,9 @@ impl Client {
                 if link.buffered() == 0 && mono_ns().saturating_sub(link.last_send) >= 1_000_000_000
                 {
                     link.tx.trim();
+                    if let Some(t) = link.tls.as_mut() {
+                        t.trim();
+                    }
                     if let Some(conn) = link.conn.as_mut() {
                         conn.shrink();
                     }

@@ -209,6 +209,63 @@ impl Write for SockIo {
     }
 }
 
+/// Plaintext writes larger than this are corked: their records gather in
+/// `Bio::out` and go to the socket in one send (own loop only).
+const RECORD_MAX: usize = 16 * 1024;
+/// A corked write stops taking plaintext once this much ciphertext waits.
+const CORK_BYTES: usize = 64 * 1024;
+/// OpenSSL's read buffer with read-ahead: one recv fetches several records.
+const READ_BUFFER: usize = 64 * 1024 + 512;
+
+/// What OpenSSL reads from and writes to: the transport, or while corked,
+/// `out`, whose records then go to the transport in one send. Records in
+/// `out` always go first: their order is the stream's.
+pub struct Bio {
+    io: SockIo,
+    out: Vec<u8>,
+    /// Bytes of `out` already sent.
+    off: usize,
+    cork: bool,
+}
+
+impl Bio {
+    /// Sends the corked records; Ok once none are left.
+    fn send_out(&mut self) -> io::Result<()> {
+        while self.off < self.out.len() {
+            match self.io.write(&self.out[self.off..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.off += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.out.clear();
+        self.off = 0;
+        Ok(())
+    }
+}
+
+impl Read for Bio {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.io.read(buf)
+    }
+}
+
+impl Write for Bio {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.cork {
+            self.out.extend_from_slice(buf);
+            return Ok(buf.len());
+        }
+        self.send_out()?;
+        self.io.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Outcome of a TLS handshake step.
 pub enum HandshakeStep {
     Done,
@@ -224,6 +281,7 @@ extern "C" {
     fn SSL_set_read_ahead(ssl: *mut c_void, yes: c_int);
     fn SSL_has_pending(ssl: *const c_void) -> c_int;
     fn SSL_free_buffers(ssl: *mut c_void) -> c_int;
+    fn SSL_set_default_read_buffer_len(ssl: *mut c_void, len: usize);
 }
 
 /// SSL_free_buffers is safe with a partial record buffered only from
@@ -257,7 +315,10 @@ fn ssl_ptr(ssl: &SslRef) -> *mut c_void {
 
 /// One TLS connection.
 pub struct TlsStream {
-    stream: SslStream<SockIo>,
+    stream: SslStream<Bio>,
+    /// Large writes are corked (a socket of the own loop; pjlib's driver
+    /// gathers writes in its own outbox).
+    cork_ok: bool,
     pins: Vec<[u8; 32]>,
     /// OpenSSL asked to write before it can go on reading (or vice versa).
     pub want_write: bool,
@@ -289,13 +350,24 @@ impl TlsStream {
         // instead of two recvs (header, body) per record. The pjlib
         // driver's reads come from its inbox in memory: no need there.
         let read_ahead = matches!(io, SockIo::Fd(_));
-        let stream = SslStream::new(ssl, io).map_err(err)?;
+        let bio = Bio {
+            io,
+            out: Vec::new(),
+            off: 0,
+            cork: false,
+        };
+        let stream = SslStream::new(ssl, bio).map_err(err)?;
         if read_ahead {
-            // SAFETY: a live SSL; SSL_set_read_ahead only sets a flag.
-            unsafe { SSL_set_read_ahead(ssl_ptr(stream.ssl()), 1) };
+            // SAFETY: a live SSL; both only set fields (the buffer is
+            // allocated when a read needs it and released when drained).
+            unsafe {
+                SSL_set_read_ahead(ssl_ptr(stream.ssl()), 1);
+                SSL_set_default_read_buffer_len(ssl_ptr(stream.ssl()), READ_BUFFER);
+            }
         }
         Ok(TlsStream {
             stream,
+            cork_ok: read_ahead,
             pins: sess.pins,
             want_write: false,
             verify_result: 0,
@@ -380,11 +452,66 @@ impl TlsStream {
         }
     }
 
-    /// Writes plaintext; may accept only part of it.
+    /// Writes plaintext; may accept only part of it. A large write is
+    /// corked: up to `CORK_BYTES` of its records go out in one send, and
+    /// what the socket does not take waits in the BIO (`out_pending`).
     pub fn write(&mut self, buf: &[u8]) -> Result<usize, TlsIoError> {
-        match self.stream.ssl_write(buf) {
-            Ok(n) => Ok(n),
-            Err(e) => Err(self.io_error(e)),
+        self.send_pending()?;
+        if !self.cork_ok || buf.len() <= RECORD_MAX {
+            return self.stream.ssl_write(buf).map_err(|e| self.io_error(e));
+        }
+        self.stream.get_mut().cork = true;
+        let mut done = 0;
+        let mut failed = None;
+        while done < buf.len() && self.stream.get_ref().out.len() < CORK_BYTES {
+            // One record per call (SSL_MODE_ENABLE_PARTIAL_WRITE).
+            match self.stream.ssl_write(&buf[done..]) {
+                Ok(n) => done += n,
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        self.stream.get_mut().cork = false;
+        match failed {
+            Some(e) if done == 0 => return Err(self.io_error(e)),
+            _ => {}
+        }
+        match self.send_pending() {
+            Ok(()) | Err(TlsIoError::WouldBlock) => Ok(done),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sends records a corked write left behind; WouldBlock (and
+    /// `want_write`) while some remain.
+    pub fn send_pending(&mut self) -> Result<(), TlsIoError> {
+        match self.stream.get_mut().send_out() {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.want_write = true;
+                Err(TlsIoError::WouldBlock)
+            }
+            Err(e) => Err(match e.raw_os_error() {
+                Some(c) => TlsIoError::Failed(from_os(c)),
+                None => TlsIoError::Eof,
+            }),
+        }
+    }
+
+    /// Bytes of records waiting in the BIO for the socket.
+    pub fn out_pending(&self) -> usize {
+        let b = self.stream.get_ref();
+        b.out.len() - b.off
+    }
+
+    /// A quiet connection gives the cork buffer back.
+    pub fn trim(&mut self) {
+        let b = self.stream.get_mut();
+        if b.off == b.out.len() {
+            b.out = Vec::new();
+            b.off = 0;
         }
     }
 
@@ -425,6 +552,7 @@ impl TlsStream {
 
     /// Sends close_notify (best effort; the socket closes right after).
     pub fn shutdown(&mut self) {
+        // Records still corked go first (the BIO's write sends them).
         let _ = self.stream.shutdown();
     }
 }

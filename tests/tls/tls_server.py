@@ -26,6 +26,8 @@ Paths on those:
   /sni        first a text message, JSON: {"sni": name or null,
               "version": "TLSv1.3", "cipher": "...", "peer_cn": CN of the
               client certificate or null, "alpn": ... or null}; then echo
+  /pause?ms=N stop reading the socket for N ms (default 1000), so that the
+              client's socket fills and its sends wait; then echo
   (others)    echo every message, same type, in order
 
 raw: a hand-written TLS WebSocket server (ssl.MemoryBIO, one thread per
@@ -153,7 +155,11 @@ def peer_cn(sslobj):
 
 
 async def handler(ws):
-    path, _params = split_request(ws.request.path)
+    path, params = split_request(ws.request.path)
+    if path == "/pause":
+        ws.transport.pause_reading()
+        await asyncio.sleep(int(params.get("ms") or 1000) / 1000.0)
+        ws.transport.resume_reading()
     if path == "/sni":
         sslobj = ws.transport.get_extra_info("ssl_object")
         if sslobj is None:
