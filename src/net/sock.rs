@@ -197,6 +197,17 @@ impl Socket {
 
     /// Gathers several buffers into one write, without SIGPIPE.
     pub fn writev(&self, iov: &[libc::iovec]) -> io::Result<usize> {
+        if let [one] = iov {
+            // One buffer (the common case): send() skips the msghdr and
+            // iovec import of sendmsg().
+            // SAFETY: the iovec points to a live buffer for the whole call.
+            let r = unsafe { libc::send(self.fd, one.iov_base, one.iov_len, libc::MSG_NOSIGNAL) };
+            return if r < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(r as usize)
+            };
+        }
         // SAFETY: msghdr is plain data; all-zero is a valid empty header.
         let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
         msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
