@@ -1,6 +1,8 @@
 /* Shared helpers for libpjwebsock's C tests; see common.h. */
 #include "common.h"
 
+#include <malloc.h>
+
 #include <ctype.h>
 #include <errno.h>
 #include <stdarg.h>
@@ -230,6 +232,12 @@ int need_url(t_case *tc, char *buf, size_t size, const char *var, const char *pa
         return 1;
     t_skip(tc, "%s is not set (run through tests/run_c_tests.py)", var);
     return 0;
+}
+
+long heap_in_use(void)
+{
+    struct mallinfo2 mi = mallinfo2();
+    return (long)(mi.uordblks + mi.hblkhd);
 }
 
 int skip_timing_under_valgrind(t_case *tc)

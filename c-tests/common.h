@@ -89,6 +89,9 @@ int url_port(const char *url);
 int need_url(t_case *tc, char *buf, size_t size, const char *var, const char *path);
 /* Under valgrind marks tc skipped ("timing case") and returns 1. */
 int skip_timing_under_valgrind(t_case *tc);
+/* Bytes malloc'ed and in use, all arenas (OpenSSL and Rust use malloc;
+ * meaningless under valgrind, which replaces malloc). */
+long heap_in_use(void);
 
 /* ------------------------------------------------------------------ */
 /* Small utilities                                                     */

@@ -192,9 +192,68 @@ out:
     tctx_free(&c);
 }
 
+/* A large message leaves buffers behind for the next one (the send
+ * queue's chunk, the receive buffer): with pings off, nothing else would
+ * ever give them back. They go about a second after the last use. */
+static void case_shed_large_buffers(t_case *tc, void *arg)
+{
+    (void)arg;
+    enum { BIG = 3 * 1024 * 1024 };
+    char url[512];
+    tctx c;
+    unsigned char *buf = NULL;
+    tctx_init(&c);
+    if (!need_url(tc, url, sizeof(url), "WS_ECHO_URL", "/"))
+        goto out;
+    if (under_valgrind()) {
+        t_skip(tc, "measures malloc, which valgrind replaces");
+        goto out;
+    }
+    pj_websock_param p;
+    tctx_param(&c, &p);
+    p.ping_interval = 0;
+    p.max_rx_msg_size = 2 * BIG;
+    T_REQUIRE(tc, tctx_open(tc, &c, &p, url, NULL), "open failed");
+    buf = malloc(BIG);
+    T_REQUIRE(tc, buf, "malloc");
+    for (int i = 0; i < 2; ++i) {
+        pat_fill(buf, BIG, (size_t)i);
+        pj_status_t rc = pj_websock_send(c.ws, PJ_WEBSOCK_OP_BIN, buf, BIG);
+        T_REQUIRE(tc, rc == PJ_SUCCESS, "send: %s", st(rc));
+        T_REQUIRE(tc, tctx_wait_rx(&c, (size_t)i + 1, tmo(10000)), "no echo #%d", i);
+        rx_msg m;
+        T_REQUIRE(tc, tctx_msg(&c, (size_t)i, &m) && m.len == BIG, "echo #%d: wrong length", i);
+        T_REQUIRE(tc, pat_check(m.data, m.len, (size_t)i) < 0, "echo #%d differs", i);
+    }
+    free(buf);
+    buf = NULL;
+    sleep_ms(100); /* the receive buffer is recycled after the callback */
+    long kept = heap_in_use();
+    sleep_ms(1600);
+    long after = heap_in_use();
+    printf("# heap in use after the echoes %ld KiB, 1.6 s later %ld KiB\n", kept / 1024, after / 1024);
+    /* one buffer each way, each at least the message size */
+    T_CHECK(tc, kept - after >= 2L * BIG, "only %ld KiB given back", (kept - after) / 1024);
+    /* and the connection still works, reusing nothing stale */
+    unsigned char small[100];
+    pat_fill(small, sizeof(small), 9);
+    T_REQUIRE(tc, pj_websock_send(c.ws, PJ_WEBSOCK_OP_BIN, small, sizeof(small)) == PJ_SUCCESS, "send");
+    T_REQUIRE(tc, tctx_wait_rx(&c, 3, tmo(5000)), "no echo after shedding");
+    rx_msg m;
+    T_CHECK(tc, tctx_msg(&c, 2, &m) && m.len == sizeof(small) && pat_check(m.data, m.len, 9) < 0,
+            "echo after shedding differs");
+    tctx_close_wait(tc, &c, 1000, NULL);
+out:
+    free(buf);
+    if (c.ws)
+        pj_websock_destroy(c.ws);
+    tctx_free(&c);
+}
+
 int main(void)
 {
     t_run("10000 messages back to back echo intact and in order", case_back_to_back, NULL);
     t_run("4 threads sending concurrently: intact, per-thread order kept", case_threads, NULL);
+    t_run("large-message buffers are given back a second after use (pings off)", case_shed_large_buffers, NULL);
     return t_done();
 }

@@ -1627,13 +1627,6 @@ out:
 /* ------------------------------------------------------------------ */
 /* Memory per idle connection                                          */
 
-/* bytes malloc'ed and in use, all arenas (OpenSSL and Rust use malloc) */
-static long heap_in_use(void)
-{
-    struct mallinfo2 mi = mallinfo2();
-    return (long)(mi.uordblks + mi.hblkhd);
-}
-
 /* One pass: n idle connections of one kind, and the most each may hold in
  * malloc'ed memory (instance, socket and loop state, OpenSSL's SSL object
  * and session; the test allocates nothing between the two readings).

@@ -46,6 +46,12 @@ const DIRECT_READ_MIN: usize = 16 * 1024;
 const DELIVER_BATCH: usize = 32;
 /// Reads per readiness event before other connections get their turn.
 const READS_PER_EVENT: usize = 4;
+/// Messages above this size, and send queues backed up beyond it, leave
+/// large buffers behind for reuse...
+const SHED_MIN: usize = 64 * 1024;
+/// ...which the connection gives back this long after (later while the
+/// buffers are still in use), whether or not it pings.
+const SHED_AFTER: Duration = Duration::from_secs(1);
 /// Sends closer together than this (ns) are a burst and get coalesced.
 const BURST_GAP_NS: u64 = 50_000;
 /// A burst is written once this much is queued...
@@ -280,6 +286,8 @@ struct Link {
     close_deadline: Option<Instant>,
     /// When coalesced sends must be written at the latest.
     flush_deadline: Option<Instant>,
+    /// When buffers left by large messages or a backed-up queue are shed.
+    shed_at: Option<Instant>,
     /// `mono_ns()` of the last send (0 = none).
     last_send: u64,
     next_ping: Option<Instant>,
@@ -507,6 +515,7 @@ impl Link {
             addr_deadline: None,
             close_deadline: None,
             flush_deadline: None,
+            shed_at: None,
             last_send: 0,
             next_ping: None,
             ping_sent_at: None,
@@ -527,6 +536,7 @@ impl Link {
             self.tls_deadline,
             self.close_deadline,
             self.flush_deadline,
+            self.shed_at,
             self.next_ping,
         ]
         .into_iter()
@@ -583,10 +593,35 @@ impl Link {
 
     /// Gives a delivered message's buffer back to the engine for the
     /// next message.
-    fn recycle(&mut self, buf: Vec<u8>) {
+    /// A delivered message's buffer serves the next message. True when
+    /// it is large and started the shedding clock (rearm the timer).
+    fn recycle(&mut self, buf: Vec<u8>) -> bool {
+        let big = buf.capacity() > SHED_MIN;
         if let Some(conn) = self.conn.as_mut() {
             conn.recycle(buf);
         }
+        big && self.shed_later()
+    }
+
+    /// Large buffers are kept for reuse: schedule giving them back. True
+    /// when the timer must be rearmed.
+    fn shed_later(&mut self) -> bool {
+        if self.shed_at.is_some() {
+            return false;
+        }
+        self.shed_at = Some(Instant::now() + SHED_AFTER);
+        true
+    }
+
+    /// Gives back the buffers large messages or a backed-up queue left
+    /// behind; false while some are still in use (try again later).
+    fn shed(&mut self) -> bool {
+        let rx = self.conn.as_mut().is_none_or(|c| c.shed(SHED_MIN));
+        let tx = self.tx.shed();
+        if let Some(t) = self.tls.as_mut() {
+            t.trim();
+        }
+        rx && tx
     }
 
     /// The close handshake has begun: no more pings; the connection ends
@@ -946,6 +981,9 @@ impl Client {
         link.tx.append_with(data.len() + MAX_HEADER_LEN, |b| {
             conn.send_frame(op, data, link.masks.take(), b)
         });
+        if (data.len() > SHED_MIN || link.tx.len() > SHED_MIN) && link.shed_later() {
+            self.rearm(link);
+        }
         if link.out_armed || link.write_err.is_some() {
             return PJ_SUCCESS; // the loop drains the queue when writable
         }
@@ -1550,7 +1588,9 @@ impl Client {
             };
             let Some(link) = g.link.as_mut() else { break };
             if let Some(v) = recycled.take() {
-                link.recycle(v);
+                if link.recycle(v) {
+                    self.rearm(link);
+                }
             }
             // A large payload is due: read it straight into the message
             // buffer rather than through `buf`.
@@ -1678,7 +1718,9 @@ impl Client {
                 .as_deref_mut()
                 .and_then(|g| g.link.as_mut())
             {
-                link.recycle(v);
+                if link.recycle(v) {
+                    self.rearm(link);
+                }
             }
         }
         *cx.bufs().0 = buf;
@@ -1818,6 +1860,12 @@ impl Client {
             }
         }
         let Some(link) = g.link.as_mut() else { return };
+        if due(link.shed_at) {
+            link.shed_at = None;
+            if !link.shed() {
+                link.shed_at = Some(now + SHED_AFTER);
+            }
+        }
         let d = if due(link.connect_deadline) && !matches!(link.phase, Phase::Open | Phase::Closing)
         {
             self.fail_connect(cx, &mut g, PJ_WEBSOCK_ECONNECTTIMEOUT)

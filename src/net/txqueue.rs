@@ -171,6 +171,19 @@ impl TxQueue {
     }
 
     /// Gives all memory back (idle connection).
+    /// Gives back what a large frame or a burst left for reuse: the big
+    /// spare and all regular spares but one. False (nothing done) while
+    /// data is queued: its chunks come back when written.
+    pub fn shed(&mut self) -> bool {
+        if self.len > 0 {
+            return false;
+        }
+        self.big_spare = Vec::new();
+        self.spare.truncate(1);
+        self.spare.shrink_to_fit();
+        true
+    }
+
     pub fn trim(&mut self) {
         if self.len == 0 {
             self.chunks = VecDeque::new();

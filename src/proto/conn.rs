@@ -591,6 +591,19 @@ impl Conn {
         }
     }
 
+    /// Drops the message buffer if it is empty and larger than `min`;
+    /// false while it holds part of a message larger than `min`.
+    pub fn shed(&mut self, min: usize) -> bool {
+        if self.msg.capacity() <= min {
+            return true;
+        }
+        if self.msg.is_empty() {
+            self.msg = Vec::new();
+            return true;
+        }
+        false
+    }
+
     /// Drops cached buffers (idle memory trimming); a partially received
     /// message is kept, trimmed to its size.
     pub fn shrink(&mut self) {
