@@ -268,19 +268,6 @@ static int conn_open(conn_t *c, long idx)
     }
     st = pj_websock_connect(c->ws, &g_url, NULL);
     if (st != PJ_SUCCESS) {
-        if (g_wss) {
-            json_begin();
-            json_str("client", "libpjwebsock");
-            json_str("workload", A.workload);
-            json_str("url", A.url);
-            json_bool("ok", 1);
-            char why[300];
-            snprintf(why, sizeof why, "wss:// not supported yet by libpjwebsock (pj_websock_connect: %d %s)",
-                     st, strerr(st));
-            json_str("skipped", why);
-            json_end();
-            exit(0);
-        }
         fail("pj_websock_connect: %d %s", st, strerr(st));
         return -1;
     }
@@ -304,19 +291,6 @@ static int open_all(conn_t *conns, long first, long n, double timeout_s)
     }
     if (g_connect_failed) {
         pj_status_t st = g_first_connect_error;
-        if (g_wss && st == PJ_ENOTSUP) {
-            json_begin();
-            json_str("client", "libpjwebsock");
-            json_str("workload", A.workload);
-            json_str("url", A.url);
-            json_bool("ok", 1);
-            char why[300];
-            snprintf(why, sizeof why, "wss:// not supported yet by libpjwebsock (on_connect: %d %s)", st,
-                     strerr(st));
-            json_str("skipped", why);
-            json_end();
-            exit(0);
-        }
         fail("%ld of %ld connects failed, first: %d %s", g_connect_failed, n, st, strerr(st));
         return -1;
     }
