@@ -592,9 +592,8 @@ impl Link {
     }
 
     /// Gives a delivered message's buffer back to the engine for the
-    /// next message.
-    /// A delivered message's buffer serves the next message. True when
-    /// it is large and started the shedding clock (rearm the timer).
+    /// next message. True when it is large and started the shedding
+    /// clock (the caller rearms the timer).
     fn recycle(&mut self, buf: Vec<u8>) -> bool {
         let big = buf.capacity() > SHED_MIN;
         if let Some(conn) = self.conn.as_mut() {

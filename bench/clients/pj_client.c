@@ -137,7 +137,9 @@ static void on_connect(pj_websock *ws, pj_status_t status)
         g_connect_failed++;
     }
     g_last_connect = t;
-    pthread_cond_broadcast(&g_cv);
+    /* Wake the main thread once, when what it waits for is complete. */
+    if (pred_connected())
+        pthread_cond_broadcast(&g_cv);
     pthread_mutex_unlock(&g_mu);
 }
 
@@ -147,7 +149,8 @@ static void on_close(pj_websock *ws, pj_uint16_t code, const pj_str_t *reason)
     pthread_mutex_lock(&g_mu);
     int expected = g_closing;
     g_closed++;
-    pthread_cond_broadcast(&g_cv);
+    if (pred_closed())
+        pthread_cond_broadcast(&g_cv);
     pthread_mutex_unlock(&g_mu);
     if (!expected)
         fail("connection closed unexpectedly: code %u reason '%.*s'", code,
@@ -299,13 +302,17 @@ static int open_all(conn_t *conns, long first, long n, double timeout_s)
 
 static void close_all(conn_t *conns, long n)
 {
+    long want = 0;
     pthread_mutex_lock(&g_mu);
     g_closing = 1;
-    g_want_closed = g_closed;
+    long base = g_closed;
     pthread_mutex_unlock(&g_mu);
     for (long i = 0; i < n; i++)
         if (pj_websock_close(conns[i].ws, 1000, NULL) == PJ_SUCCESS)
-            g_want_closed++;
+            want++;
+    pthread_mutex_lock(&g_mu);
+    g_want_closed = base + want;
+    pthread_mutex_unlock(&g_mu);
     if (wait_for(pred_closed, 10.0))
         json_bool("close_timeout", 1);
     for (long i = 0; i < n; i++)

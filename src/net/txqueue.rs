@@ -170,7 +170,6 @@ impl TxQueue {
         }
     }
 
-    /// Gives all memory back (idle connection).
     /// Gives back what a large frame or a burst left for reuse: the big
     /// spare and all regular spares but one. False (nothing done) while
     /// data is queued: its chunks come back when written.
@@ -184,6 +183,7 @@ impl TxQueue {
         true
     }
 
+    /// Gives all memory back (idle connection).
     pub fn trim(&mut self) {
         if self.len == 0 {
             self.chunks = VecDeque::new();
@@ -289,5 +289,22 @@ mod tests {
         assert_eq!(q.big_spare.as_ptr(), first);
         q.trim();
         assert_eq!(q.big_spare.capacity(), 0);
+    }
+
+    #[test]
+    fn shed_keeps_one_spare_and_waits_for_queued_data() {
+        let mut q = TxQueue::default();
+        for _ in 0..1000 {
+            q.push(&[5; 640]);
+        }
+        q.push(&vec![6u8; 1 << 20]);
+        assert!(!q.shed(), "nothing is shed while data is queued");
+        q.consume(q.len());
+        assert!(q.spare.len() > 1 && q.big_spare.capacity() > 0);
+        assert!(q.shed());
+        assert_eq!(q.spare.len(), 1);
+        assert_eq!(q.big_spare.capacity(), 0);
+        q.push(&[7; 100]);
+        assert_eq!(q.front(), &[7u8; 100][..], "still usable");
     }
 }

@@ -1170,6 +1170,15 @@ mod tests {
         assert!(c.msg.capacity() >= 1000);
         c.shrink();
         assert_eq!(c.msg.capacity(), 0);
+        // shed: small buffers stay, an empty large one goes, a large one
+        // holding part of a message stays
+        c.recycle(Vec::with_capacity(1000));
+        assert!(c.shed(4096) && c.msg.capacity() >= 1000);
+        c.recycle(Vec::with_capacity(8192));
+        assert!(c.shed(4096) && c.msg.capacity() == 0);
+        c.msg = Vec::with_capacity(8192);
+        c.msg.push(1);
+        assert!(!c.shed(4096) && c.msg.capacity() >= 8192);
     }
 
     /// Representative sequences fed split at every boundary and byte by byte.
