@@ -569,19 +569,26 @@ impl Link {
     /// apply; else the read's outcome and the event it completed. Replies
     /// the engine generates go to `out`.
     fn read_direct(&mut self, out: &mut Vec<u8>) -> Option<(Io, Option<Event<'static>>, usize)> {
-        if self.tls.is_some() {
-            return None;
-        }
         let (Some((Sock::Os(sock), _)), Some(conn)) = (self.sock.as_ref(), self.conn.as_mut())
         else {
             return None;
         };
         let room = conn.payload_room(DIRECT_READ_MIN)?;
         let asked = room.len();
-        let io = loop {
-            if let Some(io) = read_outcome(sock.read_uninit(room)) {
-                break io;
-            }
+        let io = match self.tls.as_mut() {
+            // OpenSSL decrypts straight into the message (a record at a time).
+            Some(t) => match t.read_uninit(room) {
+                Ok(0) => Io::Eof,
+                Ok(n) => Io::Done(n),
+                Err(TlsIoError::WouldBlock) => Io::WouldBlock,
+                Err(TlsIoError::Eof) => Io::Eof,
+                Err(TlsIoError::Failed(e)) => Io::Failed(e),
+            },
+            None => loop {
+                if let Some(io) = read_outcome(sock.read_uninit(room)) {
+                    break io;
+                }
+            },
         };
         let ev = match io {
             // SAFETY: the kernel wrote n bytes at the start of `room`.
@@ -1593,6 +1600,7 @@ impl Client {
             }
             // A large payload is due: read it straight into the message
             // buffer rather than through `buf`.
+            let plain = link.tls.is_none();
             let (io, direct) = match link.read_direct(cx.bufs().1) {
                 Some((io, ev, asked)) => (io, Some((ev, asked))),
                 None => (link.io_read(&mut buf), None),
@@ -1624,12 +1632,32 @@ impl Client {
                 if self.hand_over(cx, g, d, &mut recycled) {
                     break 'reads;
                 }
-                if n < asked {
-                    // The socket is drained: end the batch as below.
+                if n < asked && plain {
+                    // The socket is drained: end the batch as below. (A
+                    // TLS read returns one record at most: go on.)
                     let mut g = lock(&self.inner);
                     let d = self.flush_after_read(cx, &mut g);
                     drop(g);
                     self.deliver_all(d);
+                    break 'reads;
+                }
+                if round == READS_PER_EVENT && !plain {
+                    // Out of rounds: what TLS read ahead waits for a
+                    // continuation, as below.
+                    let Some(mut g) = self.lock_current(token) else {
+                        break 'reads;
+                    };
+                    let d = self.flush_after_read(cx, &mut g);
+                    let pending = g
+                        .link
+                        .as_ref()
+                        .and_then(|l| l.tls.as_ref())
+                        .is_some_and(|t| t.has_pending());
+                    drop(g);
+                    self.deliver_all(d);
+                    if pending {
+                        self.post(move |me, cx| me.read_loop(cx, token));
+                    }
                     break 'reads;
                 }
                 continue;

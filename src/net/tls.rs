@@ -9,6 +9,7 @@
 
 use std::ffi::{c_int, c_void};
 use std::io::{self, Read, Write};
+use std::mem::MaybeUninit;
 use std::net::IpAddr;
 use std::os::fd::RawFd;
 use std::sync::Mutex;
@@ -434,7 +435,19 @@ impl TlsStream {
 
     /// Reads decrypted bytes. Ok(0) is the end of the stream.
     pub fn read(&mut self, buf: &mut [u8]) -> Result<usize, TlsIoError> {
-        match self.stream.ssl_read(buf) {
+        let r = self.stream.ssl_read(buf);
+        self.read_result(r)
+    }
+
+    /// `read` into memory that need not be initialised (at most one
+    /// record's bytes per call).
+    pub fn read_uninit(&mut self, buf: &mut [MaybeUninit<u8>]) -> Result<usize, TlsIoError> {
+        let r = self.stream.ssl_read_uninit(buf);
+        self.read_result(r)
+    }
+
+    fn read_result(&mut self, r: Result<usize, openssl::ssl::Error>) -> Result<usize, TlsIoError> {
+        match r {
             Ok(n) => Ok(n),
             Err(e) => {
                 if e.code() == ErrorCode::WANT_READ && free_buffers_is_safe() {
