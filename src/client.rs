@@ -1627,91 +1627,69 @@ impl Client {
                 }
             };
             link.last_rx = mono_ns();
-            if let Some((ev, asked)) = direct {
+            let short = if let Some((ev, asked)) = direct {
                 let d = self.on_frames(cx, &mut g, ev);
                 if self.hand_over(cx, g, d, &mut recycled) {
                     break 'reads;
                 }
-                if n < asked && plain {
-                    // The socket is drained: end the batch as below. (A
-                    // TLS read returns one record at most: go on.)
-                    let mut g = lock(&self.inner);
-                    let d = self.flush_after_read(cx, &mut g);
-                    drop(g);
-                    self.deliver_all(d);
+                let Some(relocked) = self.lock_current(token) else {
                     break 'reads;
-                }
-                if round == READS_PER_EVENT && !plain {
-                    // Out of rounds: what TLS read ahead waits for a
-                    // continuation, as below.
-                    let Some(mut g) = self.lock_current(token) else {
-                        break 'reads;
-                    };
-                    let d = self.flush_after_read(cx, &mut g);
-                    let pending = g
+                };
+                g = relocked;
+                n < asked
+            } else {
+                let mut pos = 0;
+                while pos < n {
+                    // Whole data messages at the front of the buffer are taken
+                    // together and delivered with the lock released once.
+                    let mut batch = [(OpCode::Bin, 0usize, 0usize); DELIVER_BATCH];
+                    let mut taken = 0;
+                    if let Some(conn) = g
                         .link
                         .as_ref()
-                        .and_then(|l| l.tls.as_ref())
-                        .is_some_and(|t| t.has_pending());
-                    drop(g);
-                    self.deliver_all(d);
-                    if pending {
-                        self.post(move |me, cx| me.read_loop(cx, token));
-                    }
-                    break 'reads;
-                }
-                continue;
-            }
-            let mut pos = 0;
-            while pos < n {
-                // Whole data messages at the front of the buffer are taken
-                // together and delivered with the lock released once.
-                let mut batch = [(OpCode::Bin, 0usize, 0usize); DELIVER_BATCH];
-                let mut taken = 0;
-                if let Some(conn) = g
-                    .link
-                    .as_ref()
-                    .filter(|l| matches!(l.phase, Phase::Open | Phase::Closing))
-                    .and_then(|l| l.conn.as_deref())
-                {
-                    while taken < DELIVER_BATCH {
-                        let Some((op, data, used)) = conn.whole_message(&buf[pos..n]) else {
-                            break;
-                        };
-                        batch[taken] = (op, pos + used - data.len(), data.len());
-                        taken += 1;
-                        pos += used;
-                    }
-                }
-                if taken > 0 {
-                    drop(g);
-                    for &(op, at, len) in &batch[..taken] {
-                        let data = Payload::Borrowed(&buf[at..at + len]);
-                        self.deliver(Deliver::Message(op, data));
-                        if self.is_destroyed() {
-                            break 'reads;
+                        .filter(|l| matches!(l.phase, Phase::Open | Phase::Closing))
+                        .and_then(|l| l.conn.as_deref())
+                    {
+                        while taken < DELIVER_BATCH {
+                            let Some((op, data, used)) = conn.whole_message(&buf[pos..n]) else {
+                                break;
+                            };
+                            batch[taken] = (op, pos + used - data.len(), data.len());
+                            taken += 1;
+                            pos += used;
                         }
                     }
-                    let Some(relocked) = self.lock_current(token) else {
-                        break 'reads;
-                    };
-                    g = relocked;
-                    continue;
-                }
-                let (used, d) = self.process(cx, &mut g, &buf[pos..n]);
-                pos += used;
-                if d.is_some() {
-                    if self.hand_over(cx, g, d, &mut recycled) {
-                        break 'reads;
+                    if taken > 0 {
+                        drop(g);
+                        for &(op, at, len) in &batch[..taken] {
+                            let data = Payload::Borrowed(&buf[at..at + len]);
+                            self.deliver(Deliver::Message(op, data));
+                            if self.is_destroyed() {
+                                break 'reads;
+                            }
+                        }
+                        let Some(relocked) = self.lock_current(token) else {
+                            break 'reads;
+                        };
+                        g = relocked;
+                        continue;
                     }
-                    let Some(relocked) = self.lock_current(token) else {
-                        break 'reads;
-                    };
-                    g = relocked;
-                } else if used == 0 {
-                    break;
+                    let (used, d) = self.process(cx, &mut g, &buf[pos..n]);
+                    pos += used;
+                    if d.is_some() {
+                        if self.hand_over(cx, g, d, &mut recycled) {
+                            break 'reads;
+                        }
+                        let Some(relocked) = self.lock_current(token) else {
+                            break 'reads;
+                        };
+                        g = relocked;
+                    } else if used == 0 {
+                        break;
+                    }
                 }
-            }
+                n < buf.len()
+            };
             let d = self.flush_after_read(cx, &mut g);
             if d.is_some() {
                 drop(g);
@@ -1719,8 +1697,9 @@ impl Client {
                 break;
             }
             // A short read drained the socket, but TLS may hold more
-            // decrypted bytes: only plain TCP can stop early.
-            if n < buf.len() && link_is_plain(&g) {
+            // decrypted bytes (a TLS read returns one record at most): only
+            // plain TCP can stop early.
+            if short && plain {
                 break;
             }
             // Out of rounds while TLS holds bytes it read ahead from the
@@ -2200,10 +2179,6 @@ fn status_of(head: &[u8]) -> u16 {
         }
         _ => 0,
     }
-}
-
-fn link_is_plain(g: &Inner) -> bool {
-    g.link.as_ref().is_some_and(|l| l.tls.is_none())
 }
 
 /// Works out the TLS settings of a wss:// connect: pjlib's
