@@ -1,10 +1,9 @@
 /* Shared helpers for libpjwebsock's C tests; see common.h. */
 #include "common.h"
 
-#include <malloc.h>
-
 #include <ctype.h>
 #include <errno.h>
+#include <malloc.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>

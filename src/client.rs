@@ -468,6 +468,16 @@ fn no_close_info() -> pj_websock_close_info {
     }
 }
 
+/// A TLS read's result as an `Io`.
+fn tls_read_outcome(r: Result<usize, TlsIoError>) -> Io {
+    match r {
+        Ok(0) | Err(TlsIoError::Eof) => Io::Eof,
+        Ok(n) => Io::Done(n),
+        Err(TlsIoError::WouldBlock) => Io::WouldBlock,
+        Err(TlsIoError::Failed(s)) => Io::Failed(s),
+    }
+}
+
 /// A socket read's result as an `Io`; None for EINTR (read again).
 fn read_outcome(r: std::io::Result<usize>) -> Option<Io> {
     match r {
@@ -549,13 +559,7 @@ impl Link {
             return Io::Eof;
         };
         if let Some(t) = self.tls.as_mut() {
-            return match t.read(buf) {
-                Ok(0) => Io::Eof,
-                Ok(n) => Io::Done(n),
-                Err(TlsIoError::WouldBlock) => Io::WouldBlock,
-                Err(TlsIoError::Eof) => Io::Eof,
-                Err(TlsIoError::Failed(s)) => Io::Failed(s),
-            };
+            return tls_read_outcome(t.read(buf));
         }
         loop {
             if let Some(io) = read_outcome(sock.read(buf)) {
@@ -564,8 +568,8 @@ impl Link {
         }
     }
 
-    /// Plain TCP on the own loop with a large payload due: reads into the
-    /// message buffer (`Conn::payload_room`). None when that does not
+    /// The own loop (plain TCP or TLS) with a large payload due: reads
+    /// into the message buffer (`Conn::payload_room`). None when that does not
     /// apply; else the read's outcome and the event it completed. Replies
     /// the engine generates go to `out`.
     fn read_direct(&mut self, out: &mut Vec<u8>) -> Option<(Io, Option<Event<'static>>, usize)> {
@@ -577,13 +581,7 @@ impl Link {
         let asked = room.len();
         let io = match self.tls.as_mut() {
             // OpenSSL decrypts straight into the message (a record at a time).
-            Some(t) => match t.read_uninit(room) {
-                Ok(0) => Io::Eof,
-                Ok(n) => Io::Done(n),
-                Err(TlsIoError::WouldBlock) => Io::WouldBlock,
-                Err(TlsIoError::Eof) => Io::Eof,
-                Err(TlsIoError::Failed(e)) => Io::Failed(e),
-            },
+            Some(t) => tls_read_outcome(t.read_uninit(room)),
             None => loop {
                 if let Some(io) = read_outcome(sock.read_uninit(room)) {
                     break io;

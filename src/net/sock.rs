@@ -201,12 +201,9 @@ impl Socket {
             // One buffer (the common case): send() skips the msghdr and
             // iovec import of sendmsg().
             // SAFETY: the iovec points to a live buffer for the whole call.
-            let r = unsafe { libc::send(self.fd, one.iov_base, one.iov_len, libc::MSG_NOSIGNAL) };
-            return if r < 0 {
-                Err(io::Error::last_os_error())
-            } else {
-                Ok(r as usize)
-            };
+            return send(self.fd, unsafe {
+                std::slice::from_raw_parts(one.iov_base as *const u8, one.iov_len)
+            });
         }
         // SAFETY: msghdr is plain data; all-zero is a valid empty header.
         let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };

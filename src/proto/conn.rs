@@ -13,7 +13,8 @@ use super::utf8::Utf8Validator;
 /// Largest control frame payload (RFC 6455 §5.5).
 const MAX_CONTROL: usize = 125;
 /// Recycled buffers above this capacity are dropped rather than cached
-/// (a cached one is given back by `shrink` when the connection is quiet).
+/// (a large cached one is given back by `shed` about a second
+/// after its last use, any by `shrink` when the connection is quiet).
 /// Reusing the buffer of the last large message spares the next one the
 /// page faults of fresh memory.
 const RECYCLE_MAX: usize = 4 * 1024 * 1024;
