@@ -495,8 +495,8 @@ def summarize(records):
         groups.setdefault((r["name"], r["client"]), []).append(r)
     out = {}
     for key, runs in groups.items():
-        ok = [r for r in runs if r.get("ok") and not r.get("skipped")]
-        d = {"_runs": len(runs), "_ok": len(ok), "_skipped": [r["skipped"] for r in runs if r.get("skipped")],
+        ok = [r for r in runs if r.get("ok")]
+        d = {"_runs": len(runs), "_ok": len(ok),
              "_failed": [r.get("error", "?") for r in runs if not r.get("ok")],
              "_saturated": sum(1 for r in ok if r.get("server_saturated")),
              "_server_busy": stats([r.get("server_busy") for r in ok])}
@@ -591,8 +591,6 @@ def write_report(records, info, path, jsonl_path, argv):
                 d = summ.get((name, c))
                 if not d:
                     row.append("–")
-                elif d["_skipped"] and not d["_ok"]:
-                    row.append("skipped¹")
                 elif not d["_ok"]:
                     row.append("FAILED")
                 else:
@@ -614,8 +612,6 @@ def write_report(records, info, path, jsonl_path, argv):
             if d and d["_failed"]:
                 notes.append("- %s / %s: %d of %d runs failed: %s" % (name, c, len(d["_failed"]), d["_runs"],
                                                                     d["_failed"][0][:300]))
-            if d and d["_skipped"]:
-                notes.append("- ¹ %s / %s: %s" % (name, c, d["_skipped"][0]))
     L.append("")
     if notes:
         L.append("Notes:\n")
@@ -927,9 +923,7 @@ def main():
                     srv.ensure()
                     rec = run_client(c, bins[c], wl, args, srv, cli_cpu, timeout, cert, rep)
                     emit(rec)
-                    if rec.get("skipped"):
-                        status = "skipped: " + rec["skipped"]
-                    elif rec.get("ok"):
+                    if rec.get("ok"):
                         keys = [m[0] for m in wl["metrics"]]
                         status = "ok  " + "  ".join("%s=%s" % (k, fmt(rec.get(k))) for k in keys if k in rec)
                         if rec.get("server_saturated"):
