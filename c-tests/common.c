@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -250,21 +251,50 @@ int skip_timing_under_valgrind(t_case *tc)
 /* ------------------------------------------------------------------ */
 /* Utilities                                                           */
 
-long rss_kb(void)
+/* The number after "key:" in /proc/self/status, -1 if absent. */
+static long proc_status_field(const char *key)
 {
     FILE *f = fopen("/proc/self/status", "r");
     char line[256];
-    long kb = -1;
+    size_t klen = strlen(key);
+    long v = -1;
     if (!f)
         return -1;
     while (fgets(line, sizeof(line), f)) {
-        if (strncmp(line, "VmRSS:", 6) == 0) {
-            kb = strtol(line + 6, NULL, 10);
+        if (strncmp(line, key, klen) == 0 && line[klen] == ':') {
+            v = strtol(line + klen + 1, NULL, 10);
             break;
         }
     }
     fclose(f);
-    return kb;
+    return v;
+}
+
+long rss_kb(void)
+{
+    return proc_status_field("VmRSS");
+}
+
+int need_small_fd_table(t_case *tc, long *before, long *want)
+{
+    struct rlimit rl;
+    *before = proc_status_field("FDSize");
+    *want = -1;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0)
+        *want = rl.rlim_cur < 1024 ? (long)rl.rlim_cur : 1024;
+    T_CHECK(tc, *before > 0 && *want > 0, "FDSize %ld, RLIMIT_NOFILE %ld", *before, *want);
+    if (*before <= 0 || *want <= 0)
+        return 0;
+    if (*before >= *want) {
+        t_skip(tc, "the descriptor table has %ld slots already", *before);
+        return 0;
+    }
+    return 1;
+}
+
+long fd_table_slots(void)
+{
+    return proc_status_field("FDSize");
 }
 
 pj_str_t pjstr(const char *s)

@@ -97,6 +97,11 @@ long heap_in_use(void);
 /* Small utilities                                                     */
 
 long rss_kb(void);                   /* VmRSS of this process, -1 if unknown */
+long fd_table_slots(void);           /* FDSize: slots in the descriptor table, -1 if unknown */
+/* For the descriptor-table cases: *before = FDSize now, *want = the slots
+ * the library reserves (min(1024, RLIMIT_NOFILE)). Returns 0 (tc failed,
+ * or skipped if the table is that big already) unless *before < *want. */
+int need_small_fd_table(t_case *tc, long *before, long *want);
 pj_str_t pjstr(const char *s);       /* pj_str_t view of a C string (NULL ok) */
 /* "70004 (text)" using pj_websock_strerror; valid until 8 more calls. */
 const char *st(pj_status_t status);

@@ -10,9 +10,11 @@
 #include "common.h"
 
 #include <dirent.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static pthread_t g_main;
 static int g_off_thread; /* callbacks that ran on another thread */
@@ -210,6 +212,46 @@ static void case_echo(t_case *tc, void *arg)
     T_CHECK(tc, g_off_thread == 0, "%d callbacks off the polling thread", g_off_thread);
 out:
     free(big);
+    end_case(tc, &c);
+}
+
+/* ---- the descriptor table grows ahead, in one step ----------------- */
+
+/* Once the loop registers a socket half-way up the table a fresh process
+ * starts with (64 slots), it grows the table to 1,024 slots at once
+ * (inline: polling threads wait for no worker). */
+static void case_fd_table(t_case *tc, void *arg)
+{
+    (void)arg;
+    char url[512];
+    tctx c;
+    tctx_init_noted(&c);
+    int fds[64];
+    int n_fds = 0;
+    if (!need_url(tc, url, sizeof(url), "WS_ECHO_URL", "/"))
+        goto out;
+    long before, want;
+    if (!need_small_fd_table(tc, &before, &want))
+        goto out;
+    /* hold descriptors up to 40 so the connection's socket lands above 32 */
+    while (n_fds < 64) {
+        int fd = dup(0);
+        T_REQUIRE(tc, fd >= 0, "dup: %s", strerror(errno));
+        fds[n_fds++] = fd;
+        if (fd >= 40)
+            break;
+    }
+    pj_websock_param p;
+    tctx_param(&c, &p);
+    T_REQUIRE(tc, tctx_open(tc, &c, &p, url, NULL), "open failed");
+    long after = fd_table_slots();
+    printf("# descriptor table: %ld slots before, %ld after a socket above 32\n", before, after);
+    T_CHECK(tc, after >= want, "%ld slots (want %ld)", after, want);
+    T_CHECK(tc, library_threads() == 0, "%d library threads", library_threads());
+    T_REQUIRE(tc, tctx_close_wait(tc, &c, 1000, "done"), "close");
+out:
+    while (n_fds > 0)
+        close(fds[--n_fds]);
     end_case(tc, &c);
 }
 
@@ -421,6 +463,7 @@ int main(void)
     t_run("pj_websock_poll waits at most its timeout", case_poll_timeout, NULL);
     t_run("echo: nothing before the first poll, then 201 messages up to 4 MiB on the polling thread", case_echo,
           NULL);
+    t_run("the descriptor table grows to 1,024 slots in one step once a socket passes 32", case_fd_table, NULL);
     t_run("connect timeout fires while polling (black hole, 300 ms)", case_connect_timeout, NULL);
     t_run("host name resolved off the polling thread, callbacks on it", case_resolve, NULL);
     t_run("poll inside a callback: PJ_EINVALIDOP; a second thread meanwhile: PJ_EBUSY", case_refused_calls, NULL);

@@ -192,6 +192,43 @@ out:
     tctx_free(&c);
 }
 
+/* In a process with threads, each doubling of the descriptor table waits
+ * for an RCU grace period (milliseconds) in the thread that needs the new
+ * slot. The loop has a worker grow the table ahead when it registers its
+ * first socket, so a burst of connects does not stall the loop thread.
+ * Runs first: the table never shrinks. */
+static void case_fd_table_reserved(t_case *tc, void *arg)
+{
+    (void)arg;
+    char url[512];
+    tctx c;
+    tctx_init(&c);
+    if (!need_url(tc, url, sizeof(url), "WS_ECHO_URL", "/"))
+        goto out;
+    long before, want;
+    if (!need_small_fd_table(tc, &before, &want))
+        goto out;
+    pj_websock_param p;
+    tctx_param(&c, &p);
+    T_REQUIRE(tc, tctx_open(tc, &c, &p, url, NULL), "open failed");
+    long t_end = now_ms() + tmo(2000), after;
+    while ((after = fd_table_slots()) < want && now_ms() < t_end)
+        sleep_ms(5);
+    printf("# descriptor table: %ld slots before the first connection, %ld after\n", before, after);
+    T_CHECK(tc, after >= want, "%ld slots (want %ld)", after, want);
+    unsigned char msg[64];
+    pat_fill(msg, sizeof(msg), 3);
+    T_REQUIRE(tc, pj_websock_send(c.ws, PJ_WEBSOCK_OP_BIN, msg, sizeof(msg)) == PJ_SUCCESS, "send");
+    T_REQUIRE(tc, tctx_wait_rx(&c, 1, tmo(5000)), "no echo");
+    rx_msg m;
+    T_CHECK(tc, tctx_msg(&c, 0, &m) && m.len == sizeof(msg) && pat_check(m.data, m.len, 3) < 0, "echo differs");
+    tctx_close_wait(tc, &c, 1000, NULL);
+out:
+    if (c.ws)
+        pj_websock_destroy(c.ws);
+    tctx_free(&c);
+}
+
 /* A large message leaves buffers behind for the next one (the send
  * queue's chunk, the receive buffer): with pings off, nothing else would
  * ever give them back. They go about a second after the last use. */
@@ -252,6 +289,8 @@ out:
 
 int main(void)
 {
+    t_run("the descriptor table is grown ahead of the loop's sockets, off the loop thread",
+          case_fd_table_reserved, NULL);
     t_run("10000 messages back to back echo intact and in order", case_back_to_back, NULL);
     t_run("4 threads sending concurrently: intact, per-thread order kept", case_threads, NULL);
     t_run("large-message buffers are given back a second after use (pings off)", case_shed_large_buffers, NULL);
