@@ -727,7 +727,12 @@ def write_report(records, info, path, jsonl_path, argv):
             return "%.0f B" % rss, rss <= 4096
         if what == "alloc":
             return "VmData %.0f B, malloc %.0f B" % (vd, ml), vd <= 8192 and ml <= 8192
-        thr = d.get("threads")
+        thr, lt = d.get("threads"), d.get("loop_threads")
+        if lt:
+            where = ("its own loop thread" if lt[0] == 1 else "%s loop threads" % fmt(lt[0])) if lt[0] else \
+                "the polling (main) thread"
+            return ("%d connections verified on %s (%s threads in the process)" % (
+                int(d.get("n", (0,))[0]), where, fmt(thr[0]) if thr else "?"), d["_ok"] > 0 and lt[0] <= 1)
         return ("%d connections verified, %s threads in the process" % (
             int(d.get("n", (0,))[0]), fmt(thr[0]) if thr else "?"), d["_ok"] > 0)
 

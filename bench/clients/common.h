@@ -215,6 +215,30 @@ BENCH_UNUSED static long self_threads(void)
     return t;
 }
 
+/* Threads of this process whose name starts with `prefix`, -1 if unknown. */
+BENCH_UNUSED static long self_threads_named(const char *prefix)
+{
+    DIR *d = opendir("/proc/self/task");
+    if (!d)
+        return -1;
+    long n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (e->d_name[0] == '.')
+            continue;
+        char path[300], name[64] = "";
+        snprintf(path, sizeof path, "/proc/self/task/%s/comm", e->d_name);
+        FILE *f = fopen(path, "r");
+        if (!f)
+            continue;
+        if (fgets(name, sizeof name, f) && !strncmp(name, prefix, strlen(prefix)))
+            n++;
+        fclose(f);
+    }
+    closedir(d);
+    return n;
+}
+
 /* Raises RLIMIT_NOFILE to its hard limit; returns the new soft limit. */
 BENCH_UNUSED static long raise_nofile(void)
 {

@@ -489,6 +489,9 @@ int main(int argc, char **argv)
         json_num("rss_base_kb", (double)m0.rss_kb);
         json_num("vmdata_base_kb", (double)m0.data_kb);
         json_num("threads", (double)self_threads());
+        /* the loop's own thread (none in poll mode); the rest are the
+         * main thread and, for a few seconds after use, workers */
+        json_num("loop_threads", (double)self_threads_named("pjwebsock-loop"));
         json_str("nodelay", nodelay_state());
         for (long i = 0; i <= n; i++)
             pj_websock_destroy(cs[i].ws);

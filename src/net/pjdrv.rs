@@ -102,6 +102,18 @@ fn sym(i: u32) -> P {
     }
 }
 
+/// The symbol address `p` as the function pointer type `F` (an
+/// `Option<fn>` turns NULL into None).
+///
+/// # Safety
+/// `p` is NULL (only for an `Option` type) or the address of a function
+/// with the prototype `F` declares.
+unsafe fn sym_as<F: Copy>(p: P) -> F {
+    const { assert!(std::mem::size_of::<F>() == std::mem::size_of::<P>()) };
+    // SAFETY: same size (checked above); validity is the caller's promise.
+    unsafe { std::mem::transmute_copy(&p) }
+}
+
 fn api() -> Option<&'static Api> {
     static API: OnceLock<Option<Api>> = OnceLock::new();
     API.get_or_init(|| {
@@ -119,13 +131,13 @@ fn api() -> Option<&'static Api> {
                 }
                 // SAFETY: a non-NULL address of the pjlib function of
                 // this index, whose prototype the field declares.
-                unsafe { std::mem::transmute::<P, _>(s[$i]) }
+                unsafe { sym_as(s[$i]) }
             }};
         }
         macro_rules! opt {
             ($i:expr) => {
                 // SAFETY: as above; NULL becomes None.
-                unsafe { std::mem::transmute::<P, _>(s[$i]) }
+                unsafe { sym_as(s[$i]) }
             };
         }
         let a = Api {
@@ -228,10 +240,17 @@ pub enum PjEvent {
 /// Implemented by the client: receives the driver's events on the
 /// application's polling threads.
 pub trait Owner: Send + Sync {
-    /// `ptr` is the pointer given to `PjDrv::attach` (a strong reference
-    /// the callee must not consume).
+    /// An event for the instance behind `ptr`.
+    ///
+    /// # Safety
+    /// `ptr` is the pointer given to `PjDrv::attach`, a strong reference
+    /// still held (the callee must not consume it).
     unsafe fn pj_event(ptr: *const c_void, ev: PjEvent);
     /// The group lock is being destroyed: drop the strong reference.
+    ///
+    /// # Safety
+    /// `ptr` is the pointer given to `PjDrv::attach`; called once, after
+    /// which nothing uses it.
     unsafe fn pj_release(ptr: *const c_void);
 }
 
