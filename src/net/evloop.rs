@@ -26,13 +26,12 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use crate::net::fdtable;
+
 /// Size of the receive buffer shared by every connection of the loop.
 pub const RX_BUF_SIZE: usize = 256 * 1024;
 
 const WAKE_TOKEN: u64 = u64::MAX;
-
-/// A fresh process's descriptor table has 64 slots.
-const FD_TABLE_START: RawFd = 64;
 
 /// What the loop calls back into (implemented by the WebSocket client).
 pub trait Handler: Send + Sync {
@@ -125,9 +124,8 @@ pub struct LoopCtx {
     pub scratch: Vec<u8>,
     /// epoll_wait's output (taken while a batch is handled).
     events: Vec<libc::epoll_event>,
-    /// Registering a descriptor this high grows the descriptor table
-    /// ahead of need (`reserve_fds`).
-    fd_check: RawFd,
+    /// Where the descriptor table grows ahead of need (`net::fdtable`).
+    fd_how: fdtable::How,
 }
 
 /// The process-wide event loop.
@@ -364,6 +362,9 @@ impl EventLoop {
 
     fn run(&'static self) {
         self.become_loop_thread();
+        // Before the first burst of connects can reach the end of a small
+        // descriptor table (see net::fdtable).
+        fdtable::reserve_now(fdtable::How::Worker);
         let mut ctx = LoopCtx::new(self, Mode::Thread);
         loop {
             self.run_once(&mut ctx, -1);
@@ -527,67 +528,13 @@ impl LoopCtx {
             rx_buf: vec![0; RX_BUF_SIZE],
             scratch: Vec::new(),
             events: vec![libc::epoll_event { events: 0, u64: 0 }; 256],
-            // The loop's own thread reserves at its first socket: a burst of
-            // connects would reach the table's end before a grace period.
-            fd_check: if mode == Mode::Thread {
-                0
+            // The loop's own thread must not wait for a grace period; a
+            // polling thread in a single-threaded program has none to wait for.
+            fd_how: if mode == Mode::Thread {
+                fdtable::How::Worker
             } else {
-                FD_TABLE_START / 2
+                fdtable::How::Inline
             },
-        }
-    }
-
-    /// Grows the process's descriptor table ahead of need once `fd` is
-    /// half-way up the part known to exist. The kernel doubles the table
-    /// when a descriptor does not fit, and in a process with several
-    /// threads each doubling waits for an RCU grace period (milliseconds)
-    /// in the thread that opened the descriptor: on this loop's thread
-    /// that stalls every connection, five times on the way to 1,000
-    /// sockets. Instead the table is grown four times over, to at least
-    /// 1,024 slots (8 KiB per 1,024, within RLIMIT_NOFILE), by duplicating
-    /// a descriptor that high and closing the copy: on a worker thread
-    /// when the loop has its own thread (sockets keep opening below the
-    /// mark meanwhile), inline in poll mode (no wait when the application
-    /// is single-threaded, one instead of several otherwise).
-    fn reserve_fds(&mut self, fd: RawFd) {
-        if fd < self.fd_check {
-            return;
-        }
-        let mut lim = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: getrlimit writes the struct it is given.
-        let cur = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
-            lim.rlim_cur.min(1 << 24) as i64
-        } else {
-            0
-        };
-        let want = ((fd as i64 + 1) * 4).max(1024);
-        let top = want.min(cur) - 1; // F_DUPFD wants an fd below the limit
-        if top <= fd as i64 {
-            // At the limit: look again once a quarter further (the
-            // application may raise it).
-            self.fd_check = fd.saturating_add((fd / 4).max(64));
-            return;
-        }
-        let top = top as RawFd;
-        self.fd_check = top / 2;
-        let src = self.lp.epfd;
-        let grow = move || {
-            // SAFETY: duplicates the loop's epoll fd (open for the life of
-            // the process) and closes the copy, which nothing else knows.
-            unsafe {
-                let d = libc::fcntl(src, libc::F_DUPFD_CLOEXEC, top);
-                if d >= 0 {
-                    libc::close(d);
-                }
-            }
-        };
-        if self.lp.mode() == Mode::Thread {
-            crate::net::worker::run(grow);
-        } else {
-            grow();
         }
     }
 
@@ -630,7 +577,7 @@ impl LoopCtx {
         }
         slot.handler = Some(handler);
         slot.fd = fd;
-        self.reserve_fds(fd);
+        fdtable::opened(fd, self.fd_how);
         Ok(token)
     }
 

@@ -494,6 +494,8 @@ impl PjDrv {
     pub fn open(&self, addr: &SocketAddr) -> Result<(PjSock, bool), pj_status_t> {
         let sock =
             Socket::for_addr(addr).map_err(|e| from_os(e.raw_os_error().unwrap_or(libc::EIO)))?;
+        // pjlib programs have threads: the table grows on a worker.
+        crate::net::fdtable::opened(sock.fd(), crate::net::fdtable::How::Worker);
         let a = self.api;
         let mut key: P = std::ptr::null_mut();
         // SAFETY: pjlib API; on success the ioqueue owns the socket and

@@ -30,7 +30,10 @@ static POOL: Mutex<Pool> = Mutex::new(Pool {
 static WORK: Condvar = Condvar::new();
 
 /// Runs `job` on a worker thread. If no thread can be started at all, the
-/// job runs on the calling thread rather than never.
+/// job runs on the calling thread rather than never. Never inlined: a
+/// worker's stack at exit then names this module wherever it was started
+/// from (tests/valgrind.supp matches on it).
+#[inline(never)]
 pub fn run(job: impl FnOnce() + Send + 'static) {
     let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
     pool.queue.push_back(Box::new(job));
