@@ -251,25 +251,6 @@ int skip_timing_under_valgrind(t_case *tc)
 /* ------------------------------------------------------------------ */
 /* Utilities                                                           */
 
-/* The number after "key:" in /proc/self/status, -1 if absent. */
-static long proc_status_field(const char *key)
-{
-    FILE *f = fopen("/proc/self/status", "r");
-    char line[256];
-    size_t klen = strlen(key);
-    long v = -1;
-    if (!f)
-        return -1;
-    while (fgets(line, sizeof(line), f)) {
-        if (strncmp(line, key, klen) == 0 && line[klen] == ':') {
-            v = strtol(line + klen + 1, NULL, 10);
-            break;
-        }
-    }
-    fclose(f);
-    return v;
-}
-
 long rss_kb(void)
 {
     return proc_status_field("VmRSS");

@@ -1,6 +1,7 @@
 #include "testutil.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -51,4 +52,22 @@ int cond_wait_until(pthread_mutex_t *mu, pthread_cond_t *cv, int (*pred)(void *c
     }
     pthread_mutex_unlock(mu);
     return ok;
+}
+
+long proc_status_field(const char *key)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    size_t klen = strlen(key);
+    long v = -1;
+    if (!f)
+        return -1;
+    while (fgets(line, sizeof(line), f)) {
+        if (strncmp(line, key, klen) == 0 && line[klen] == ':') {
+            v = strtol(line + klen + 1, NULL, 10);
+            break;
+        }
+    }
+    fclose(f);
+    return v;
 }

@@ -13,6 +13,10 @@ int tmo(int ms);
 double now_ms(void); /* monotonic clock, milliseconds */
 void sleep_ms(int ms);
 
+/* The number after "key:" in /proc/self/status (e.g. "VmRSS", "FDSize"),
+ * -1 if absent. */
+long proc_status_field(const char *key);
+
 /* Waits on cv (with mu) until pred(ctx, arg) is true or ms elapsed; pred
  * runs with mu held. Returns pred's last value. */
 int cond_wait_until(pthread_mutex_t *mu, pthread_cond_t *cv, int (*pred)(void *ctx, void *arg), void *ctx,

@@ -1407,6 +1407,58 @@ out:
 }
 
 /* ------------------------------------------------------------------ */
+/* m. the descriptor table grows ahead, off the polling threads        */
+
+/* A PJSIP program has threads, so each doubling of its descriptor table
+ * waits for an RCU grace period in the thread that opens the descriptor.
+ * Once a socket the library opens passes descriptor 32, a worker grows the
+ * table to 1,024 slots (within RLIMIT_NOFILE), so the polling threads do
+ * not wait for the doublings. */
+static void case_m(tcase *tc)
+{
+    fixture f;
+    inst *c = &f.c;
+    char url[300];
+    int fds[64], n_fds = 0;
+    struct rlimit rl;
+    long before = proc_status_field("FDSize"), want = -1, after = -1;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0)
+        want = rl.rlim_cur < 1024 ? (long)rl.rlim_cur : 1024;
+    if (before <= 0 || want <= 0) {
+        fail_at(tc, __FILE__, __LINE__, "FDSize %ld, RLIMIT_NOFILE %ld", before, want);
+        return;
+    }
+    if (before >= want) {
+        skip(tc, "the descriptor table has %ld slots already", before);
+        return;
+    }
+    if (!fixture_start(tc, &f, "app-m", THREADS_ANY))
+        return;
+    /* hold descriptors up to 40 so the connection's socket lands above 32 */
+    while (n_fds < 64) {
+        int fd = dup(0);
+        REQUIRE(tc, fd >= 0, "dup: %s", strerror(errno));
+        fds[n_fds++] = fd;
+        if (fd >= 40)
+            break;
+    }
+    url_of(url, sizeof(url), g_echo_url, "/m");
+    REQUIRE(tc, inst_open(tc, c, f.pool, url), "open");
+    double t_end = now_ms() + 2000;
+    while ((after = proc_status_field("FDSize")) < want && now_ms() < t_end)
+        sleep_ms(5);
+    printf("# descriptor table: %ld slots before, %ld after a socket above 32\n", before, after);
+    CHECK(tc, after >= want, "%ld slots (want %ld)", after, want);
+    REQUIRE(tc, echo_check(tc, c, PJ_WEBSOCK_OP_BIN, 1000, 0), "echo");
+    REQUIRE(tc, inst_close_wait(tc, c), "close");
+out:
+    while (n_fds > 0)
+        close(fds[--n_fds]);
+    fixture_check(tc, &f);
+    fixture_free(&f);
+}
+
+/* ------------------------------------------------------------------ */
 /* h. the socket is the ioqueue's: an ioqueue of 4 handles             */
 
 #define H_MAX 4
@@ -1663,7 +1715,7 @@ static int env_url(char *buf, size_t size, const char *var)
 
 /* Cases come in groups (a2 needs a1's run, d3 d1's and d2's, f2 f1's);
  * the arguments select groups by letter, in the order of GROUPS. */
-#define GROUPS "abdefghjklci"
+#define GROUPS "abdefgmhjklci"
 
 static int want(int argc, char **argv, char g)
 {
@@ -1735,6 +1787,9 @@ int main(int argc, char **argv)
     }
     if (want(argc, argv, 'g'))
         run_case("g. no library thread during an open ws:// connection in pjlib mode", case_g);
+    /* m after g (a worker it starts lives a few seconds), before c */
+    if (want(argc, argv, 'm'))
+        run_case("m. a socket above descriptor 32 grows the descriptor table ahead, off the poll threads", case_m);
     if (want(argc, argv, 'h'))
         run_case("h. sockets are the ioqueue's: 4-handle ioqueue refuses the 5th, reusable after close", case_h);
     if (want(argc, argv, 'j'))
