@@ -124,8 +124,6 @@ pub struct LoopCtx {
     pub scratch: Vec<u8>,
     /// epoll_wait's output (taken while a batch is handled).
     events: Vec<libc::epoll_event>,
-    /// Where the descriptor table grows ahead of need (`net::fdtable`).
-    fd_how: fdtable::How,
 }
 
 /// The process-wide event loop.
@@ -230,7 +228,7 @@ impl EventLoop {
             polled: OnceLock::new(),
         }));
         if mode == Mode::Poll {
-            let _ = lp.polled.set(Mutex::new(LoopCtx::new(lp, Mode::Poll)));
+            let _ = lp.polled.set(Mutex::new(LoopCtx::new(lp)));
             return Ok(lp);
         }
         std::thread::Builder::new()
@@ -365,7 +363,7 @@ impl EventLoop {
         // Before the first burst of connects can reach the end of a small
         // descriptor table (see net::fdtable).
         fdtable::reserve_now(fdtable::How::Worker);
-        let mut ctx = LoopCtx::new(self, Mode::Thread);
+        let mut ctx = LoopCtx::new(self);
         loop {
             self.run_once(&mut ctx, -1);
         }
@@ -519,7 +517,7 @@ impl EventLoop {
 }
 
 impl LoopCtx {
-    fn new(lp: &'static EventLoop, mode: Mode) -> LoopCtx {
+    fn new(lp: &'static EventLoop) -> LoopCtx {
         LoopCtx {
             lp,
             slots: Vec::new(),
@@ -528,13 +526,6 @@ impl LoopCtx {
             rx_buf: vec![0; RX_BUF_SIZE],
             scratch: Vec::new(),
             events: vec![libc::epoll_event { events: 0, u64: 0 }; 256],
-            // The loop's own thread must not wait for a grace period; a
-            // polling thread in a single-threaded program has none to wait for.
-            fd_how: if mode == Mode::Thread {
-                fdtable::How::Worker
-            } else {
-                fdtable::How::Inline
-            },
         }
     }
 
@@ -577,7 +568,13 @@ impl LoopCtx {
         }
         slot.handler = Some(handler);
         slot.fd = fd;
-        fdtable::opened(fd, self.fd_how);
+        // The loop's own thread must not wait for a grace period; a
+        // polling thread in a single-threaded program has none to wait for.
+        let how = match self.lp.mode() {
+            Mode::Thread => fdtable::How::Worker,
+            Mode::Poll => fdtable::How::Inline,
+        };
+        fdtable::opened(fd, how);
         Ok(token)
     }
 
