@@ -9,7 +9,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -258,11 +257,8 @@ long rss_kb(void)
 
 int need_small_fd_table(t_case *tc, long *before, long *want)
 {
-    struct rlimit rl;
-    *before = proc_status_field("FDSize");
-    *want = -1;
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0)
-        *want = rl.rlim_cur < 1024 ? (long)rl.rlim_cur : 1024;
+    *before = fd_table_slots();
+    *want = fd_table_reserve_want();
     T_CHECK(tc, *before > 0 && *want > 0, "FDSize %ld, RLIMIT_NOFILE %ld", *before, *want);
     if (*before <= 0 || *want <= 0)
         return 0;
@@ -271,11 +267,6 @@ int need_small_fd_table(t_case *tc, long *before, long *want)
         return 0;
     }
     return 1;
-}
-
-long fd_table_slots(void)
-{
-    return proc_status_field("FDSize");
 }
 
 pj_str_t pjstr(const char *s)

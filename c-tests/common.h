@@ -97,7 +97,6 @@ long heap_in_use(void);
 /* Small utilities                                                     */
 
 long rss_kb(void);                   /* VmRSS of this process, -1 if unknown */
-long fd_table_slots(void);           /* FDSize: slots in the descriptor table, -1 if unknown */
 /* For the descriptor-table cases: *before = FDSize now, *want = the slots
  * the library reserves (min(1024, RLIMIT_NOFILE)). Returns 0 (tc failed,
  * or skipped if the table is that big already) unless *before < *want. */

@@ -194,8 +194,8 @@ out:
 
 /* In a process with threads, each doubling of the descriptor table waits
  * for an RCU grace period (milliseconds) in the thread that needs the new
- * slot. The loop has a worker grow the table ahead when it registers its
- * first socket, so a burst of connects does not stall the loop thread.
+ * slot. The loop has a worker grow the table ahead as its thread starts,
+ * so a burst of connects does not stall the loop thread.
  * Runs first: the table never shrinks. */
 static void case_fd_table_reserved(t_case *tc, void *arg)
 {
@@ -211,9 +211,7 @@ static void case_fd_table_reserved(t_case *tc, void *arg)
     pj_websock_param p;
     tctx_param(&c, &p);
     T_REQUIRE(tc, tctx_open(tc, &c, &p, url, NULL), "open failed");
-    long t_end = now_ms() + tmo(2000), after;
-    while ((after = fd_table_slots()) < want && now_ms() < t_end)
-        sleep_ms(5);
+    long after = fd_table_wait(want, tmo(2000));
     printf("# descriptor table: %ld slots before the first connection, %ld after\n", before, after);
     T_CHECK(tc, after >= want, "%ld slots (want %ld)", after, want);
     unsigned char msg[64];

@@ -4,7 +4,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
+#include <unistd.h>
 
 int under_valgrind(void)
 {
@@ -70,4 +72,45 @@ long proc_status_field(const char *key)
     }
     fclose(f);
     return v;
+}
+
+long fd_table_slots(void)
+{
+    return proc_status_field("FDSize");
+}
+
+long fd_table_reserve_want(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return -1;
+    return rl.rlim_cur < 1024 ? (long)rl.rlim_cur : 1024;
+}
+
+long fd_table_wait(long want, int ms)
+{
+    double end = now_ms() + ms;
+    long n;
+    while ((n = fd_table_slots()) < want && now_ms() < end)
+        sleep_ms(5);
+    return n;
+}
+
+int fd_hold_up_to(int fd_min, int *fds, int max)
+{
+    int n = 0;
+    while (n < max) {
+        int fd = dup(0);
+        if (fd < 0) {
+            int e = errno;
+            while (n > 0)
+                close(fds[--n]);
+            errno = e;
+            return -1;
+        }
+        fds[n++] = fd;
+        if (fd >= fd_min)
+            break;
+    }
+    return n;
 }

@@ -17,6 +17,18 @@ void sleep_ms(int ms);
  * -1 if absent. */
 long proc_status_field(const char *key);
 
+/* The descriptor-table cases. Slots in the table (FDSize), -1 if unknown. */
+long fd_table_slots(void);
+/* The slots the library reserves ahead: min(1024, RLIMIT_NOFILE), -1 if
+ * unknown. */
+long fd_table_reserve_want(void);
+/* FDSize once it reaches `want`, or after `ms` (0: read once). */
+long fd_table_wait(long want, int ms);
+/* Holds duplicates of descriptor 0 in fds[] (at most max) until one is at
+ * least fd_min. Returns how many it holds (close them when done), or -1
+ * with errno set (none held) when dup failed. */
+int fd_hold_up_to(int fd_min, int *fds, int max);
+
 /* Waits on cv (with mu) until pred(ctx, arg) is true or ms elapsed; pred
  * runs with mu held. Returns pred's last value. */
 int cond_wait_until(pthread_mutex_t *mu, pthread_cond_t *cv, int (*pred)(void *ctx, void *arg), void *ctx,

@@ -1420,10 +1420,7 @@ static void case_m(tcase *tc)
     inst *c = &f.c;
     char url[300];
     int fds[64], n_fds = 0;
-    struct rlimit rl;
-    long before = proc_status_field("FDSize"), want = -1, after = -1;
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0)
-        want = rl.rlim_cur < 1024 ? (long)rl.rlim_cur : 1024;
+    long before = fd_table_slots(), want = fd_table_reserve_want(), after = -1;
     if (before <= 0 || want <= 0) {
         fail_at(tc, __FILE__, __LINE__, "FDSize %ld, RLIMIT_NOFILE %ld", before, want);
         return;
@@ -1435,18 +1432,11 @@ static void case_m(tcase *tc)
     if (!fixture_start(tc, &f, "app-m", THREADS_ANY))
         return;
     /* hold descriptors up to 40 so the connection's socket lands above 32 */
-    while (n_fds < 64) {
-        int fd = dup(0);
-        REQUIRE(tc, fd >= 0, "dup: %s", strerror(errno));
-        fds[n_fds++] = fd;
-        if (fd >= 40)
-            break;
-    }
+    n_fds = fd_hold_up_to(40, fds, 64);
+    REQUIRE(tc, n_fds >= 0, "dup: %s", strerror(errno));
     url_of(url, sizeof(url), g_echo_url, "/m");
     REQUIRE(tc, inst_open(tc, c, f.pool, url), "open");
-    double t_end = now_ms() + 2000;
-    while ((after = proc_status_field("FDSize")) < want && now_ms() < t_end)
-        sleep_ms(5);
+    after = fd_table_wait(want, 2000);
     printf("# descriptor table: %ld slots before, %ld after a socket above 32\n", before, after);
     CHECK(tc, after >= want, "%ld slots (want %ld)", after, want);
     REQUIRE(tc, echo_check(tc, c, PJ_WEBSOCK_OP_BIN, 1000, 0), "echo");
