@@ -3,7 +3,7 @@
 #   make            build build/lib/libpjwebsock.so (+ soname links)
 #   make demo       build, start a local echo server, run the example client
 #   make test       everything CI runs: Rust unit tests, header check,
-#                   C tests natively and under valgrind, examples
+#                   C tests natively, under valgrind and with ASan/UBSan, examples
 #   make header     regenerate include/pjwebsock/websock.h (pinned cbindgen)
 #   make install PREFIX=/usr/local DESTDIR=
 
@@ -29,16 +29,23 @@ HEADER   := include/pjwebsock/websock.h
 
 CFLAGS_TEST := -std=c11 -D_GNU_SOURCE -g -O1 -Wall -Wextra -Werror -Iinclude -Ic-tests
 LDFLAGS_TEST := -L$(BUILD)/lib -lpjwebsock -Wl,-rpath,$(BUILD)/lib -lpthread -ldl
+# AddressSanitizer (LeakSanitizer included) and UBSan build of the C tests
+# and examples: the first error ends the program with a report.
+SAN_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+SAN_ENV  := ASAN_OPTIONS=detect_leaks=1:halt_on_error=1:abort_on_error=0:detect_stack_use_after_return=1 \
+            UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 
 RUST_SRC := $(shell find src -name '*.rs' -o -name '*.c') Cargo.toml build.rs
 CTEST_SRC := $(wildcard c-tests/test_*.c)
 CTESTS   := $(patsubst c-tests/%.c,$(BUILD)/c-tests/%,$(CTEST_SRC))
 EXAMPLE_SRC := $(wildcard examples-c/*.c)
 EXAMPLES := $(patsubst examples-c/%.c,$(BUILD)/examples/%,$(EXAMPLE_SRC))
+ASAN_CTESTS := $(patsubst c-tests/%.c,$(BUILD)/asan/c-tests/%,$(CTEST_SRC))
+ASAN_EXAMPLES := $(patsubst examples-c/%.c,$(BUILD)/asan/examples/%,$(EXAMPLE_SRC))
 
-.PHONY: all lib demo test test-rust test-c test-valgrind test-tls test-conformance test-fuzz-replay test-pjlib test-readme \
+.PHONY: all lib demo test test-rust test-c test-valgrind test-asan test-tls test-conformance test-fuzz-replay test-pjlib test-readme \
         fuzz bench bench-smoke check-header header \
-        c-tests examples deps venv install uninstall clean check-symbols
+        c-tests examples asan-tests deps venv install uninstall clean check-symbols
 
 all: lib
 
@@ -61,6 +68,8 @@ deps:
 	[ -f /usr/include/openssl/ssl.h ] || missing="$$missing libssl-dev"; \
 	command -v openssl >/dev/null || missing="$$missing openssl"; \
 	$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
+	echo 'int main(void){return 0;}' | $(CC) $(SAN_FLAGS) -x c - -o /dev/null 2>/dev/null || \
+	  missing="$$missing libgcc-$$($(CC) -dumpversion | cut -d. -f1)-dev"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
@@ -122,8 +131,18 @@ $(BUILD)/examples/%: examples-c/%.c $(HEADER) $(BUILD)/lib/$(SONAME)
 	@mkdir -p $(dir $@)
 	$(CC) -std=c11 -D_GNU_SOURCE -O2 -Wall -Wextra -Werror -Iinclude $< $(LDFLAGS_TEST) -o $@
 
+$(BUILD)/asan/c-tests/%: c-tests/%.c c-tests/common.c c-tests/common.h c-tests/testutil.c c-tests/testutil.h \
+                         $(HEADER) $(BUILD)/lib/$(SONAME)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_TEST) $(SAN_FLAGS) $< c-tests/common.c c-tests/testutil.c $(LDFLAGS_TEST) -o $@
+
+$(BUILD)/asan/examples/%: examples-c/%.c $(HEADER) $(BUILD)/lib/$(SONAME)
+	@mkdir -p $(dir $@)
+	$(CC) -std=c11 -D_GNU_SOURCE -g -O1 -Wall -Wextra -Werror $(SAN_FLAGS) -Iinclude $< $(LDFLAGS_TEST) -o $@
+
 c-tests: $(CTESTS)
 examples: $(EXAMPLES)
+asan-tests: $(ASAN_CTESTS) $(ASAN_EXAMPLES)
 
 # ---- test --------------------------------------------------------------
 
@@ -136,6 +155,7 @@ test: deps
 	@bash tests/stage.sh "venv" $(MAKE) --no-print-directory venv
 	@bash tests/stage.sh "c tests" $(MAKE) --no-print-directory test-c
 	@bash tests/stage.sh "c tests under valgrind" $(MAKE) --no-print-directory test-valgrind
+	@bash tests/stage.sh "c tests with ASan and UBSan" $(MAKE) --no-print-directory test-asan
 	@bash tests/stage.sh "tls tests" $(MAKE) --no-print-directory test-tls
 	@bash tests/stage.sh "conformance" $(MAKE) --no-print-directory test-conformance
 	@bash tests/stage.sh "pjlib driver" $(MAKE) --no-print-directory test-pjlib
@@ -155,6 +175,15 @@ test-c: venv c-tests examples
 
 test-valgrind: venv c-tests examples
 	$(VENV)/bin/python tests/run_c_tests.py --bindir $(BUILD)/c-tests --exdir $(BUILD)/examples --valgrind-only
+
+# The C tests, examples, TLS and conformance drivers built with
+# AddressSanitizer and UBSan (the library is Rust: its allocations go
+# through the sanitizer's malloc, so leaks and overruns of them show too).
+test-asan: venv asan-tests
+	$(SAN_ENV) $(VENV)/bin/python tests/run_c_tests.py --bindir $(BUILD)/asan/c-tests --exdir $(BUILD)/asan/examples
+	$(SAN_ENV) $(VENV)/bin/python tests/tls/run.py --bin $(BUILD)/asan/c-tests/test_tls --logdir $(BUILD)/asan/test-logs/tls
+	$(SAN_ENV) $(VENV)/bin/python tests/conformance/run.py --bin $(BUILD)/asan/c-tests/test_conformance \
+	  --logdir $(BUILD)/asan/test-logs --no-doc-check
 
 # wss://: throwaway PKI, TLS peers, natively and under valgrind.
 test-tls: venv c-tests

@@ -1661,7 +1661,8 @@ static void case_idle_memory(t_case *tc, void *arg)
 {
     (void)arg;
     const int vg = under_valgrind();
-    /* valgrind replaces malloc: the figures are measured natively only */
+    /* valgrind and ASan replace malloc: the figures are measured natively only */
+    const int no_figures = vg || under_asan();
     const int n = vg ? 20 : 200;
     tctx *cs = NULL;
     int opened = 0;
@@ -1715,7 +1716,7 @@ static void case_idle_memory(t_case *tc, void *arg)
         /* all still work */
         for (int i = 0; i < n; i += n / 10)
             echo_once(tc, &cs[i], PJ_WEBSOCK_OP_TEXT, 8, (size_t)i);
-        if (!vg) {
+        if (!no_figures) {
             const long grown = heap1 - heap0;
             const double per_conn = (double)grown / n;
             printf("# memory: %d idle %s connections: malloc in use +%ld KiB, %.1f KiB per connection "
@@ -1747,8 +1748,8 @@ static void case_idle_memory(t_case *tc, void *arg)
         }
         opened = 0;
     }
-    if (vg)
-        printf("#   memory figures and bounds: native only (valgrind replaces malloc)\n");
+    if (no_figures)
+        printf("#   memory figures and bounds: native only (%s replaces malloc)\n", vg ? "valgrind" : "ASan");
 out:
     if (cs) {
         for (int i = 0; i < n; ++i) {

@@ -14,6 +14,23 @@ int under_valgrind(void)
     return v && *v && strcmp(v, "0") != 0;
 }
 
+#if defined(__SANITIZE_ADDRESS__)
+#define PJWS_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define PJWS_ASAN 1
+#endif
+#endif
+
+int under_asan(void)
+{
+#ifdef PJWS_ASAN
+    return 1;
+#else
+    return 0;
+#endif
+}
+
 int tmo(int ms)
 {
     return under_valgrind() ? ms * 10 : ms;

@@ -8,6 +8,10 @@
 
 /* 1 when PJWS_UNDER_VALGRIND is set (the runners set it under valgrind). */
 int under_valgrind(void);
+/* 1 when this program was built with AddressSanitizer: its allocator keeps
+ * freed memory in quarantine and mallinfo2() does not see its heap, so
+ * memory figures are only meaningful natively. */
+int under_asan(void);
 /* Scales a timeout for valgrind (x10). */
 int tmo(int ms);
 double now_ms(void); /* monotonic clock, milliseconds */

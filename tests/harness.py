@@ -264,15 +264,32 @@ def signame(rc):
         return "signal %d" % -rc
 
 
-def abnormal_end(rc, timed_out, timeout, vg_log=None, running=None):
+SAN_SUMMARY_RE = re.compile(r"^SUMMARY: ((?:Address|Leak|UndefinedBehavior)Sanitizer: .*)$", re.M)
+SAN_UB_RE = re.compile(r"^(\S+: runtime error: .*)$", re.M)
+
+
+def sanitizer_report(out):
+    """The one-line summary of an AddressSanitizer, LeakSanitizer or UBSan
+    report in a program's output, None if there is none."""
+    if not out:
+        return None
+    m = SAN_UB_RE.search(out) or SAN_SUMMARY_RE.search(out)
+    return m.group(1) if m else None
+
+
+def abnormal_end(rc, timed_out, timeout, vg_log=None, running=None, out=None):
     """Why a run failed whatever it printed: it timed out, valgrind reported
-    errors (vg_log: the valgrind log, None for a native run) or it crashed;
-    None if it did not. running: the case it was in, if known."""
+    errors (vg_log: the valgrind log, None for a native run), a sanitizer
+    reported an error (out: the program's output) or it crashed; None if it
+    did not. running: the case it was in, if known."""
     where = "; case running: %s" % running if running else ""
     if timed_out:
         return "timed out after %d s%s" % (timeout, where)
     if vg_log and rc == VALGRIND_ERROR_EXIT:
         return "valgrind reported errors (log: %s)" % vg_log
+    san = sanitizer_report(out) if rc != 0 else None
+    if san:
+        return "%s%s" % (san, where)
     if rc < 0:
         return "crashed with %s%s" % (signame(rc), where)
     return None
@@ -316,7 +333,7 @@ def tally_run(label, out, rc, timed_out, timeout, vg_log, res: Results):
     res.ok(t.ok)
     res.skip(t.skipped)
 
-    why = abnormal_end(rc, timed_out, timeout, vg_log, t.running)
+    why = abnormal_end(rc, timed_out, timeout, vg_log, t.running, out)
     if why:
         t.problems.append(why)
     elif rc != 0 and t.failed == 0:

@@ -36,7 +36,8 @@ ROOT = HERE.parent.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 import cases as C  # noqa: E402
-from harness import VALGRIND_ERROR_EXIT, Results, Server, give_up, run_process, valgrind_argv  # noqa: E402
+from harness import (VALGRIND_ERROR_EXIT, Results, Server, give_up, run_process, sanitizer_report,  # noqa: E402
+                     valgrind_argv)
 
 HEADER = ROOT / "include" / "pjwebsock" / "websock.h"
 DOC = ROOT / "docs" / "CONFORMANCE.md"
@@ -382,7 +383,7 @@ def main():
             print(line, flush=True)
 
     try:
-        rc, _, _, secs = run_process(argv, env, timeout, args.logdir / ("%s.out" % tag), echo=echo)
+        rc, out, _, secs = run_process(argv, env, timeout, args.logdir / ("%s.out" % tag), echo=echo)
     finally:
         server.stop()
 
@@ -395,6 +396,8 @@ def main():
             res.fail("%s: %s" % (cid, why))
     if rc == VALGRIND_ERROR_EXIT and vg:
         res.fail("valgrind reported errors (see %s)" % vg_log)
+    elif rc != 0 and sanitizer_report(out):
+        res.fail("driver: %s (see %s)" % (sanitizer_report(out), args.logdir / ("%s.out" % tag)))
     elif rc < 0:
         res.fail("driver killed by signal %d (timeout %d s?)" % (-rc, timeout))
     elif rc != 0 and not any(k == "not ok" for k, _ in results.values()):

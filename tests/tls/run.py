@@ -90,7 +90,7 @@ def run_pass(binary: Path, env, vg: bool, args, logdir: Path, res: Results):
             print(line, flush=True)
 
     rc, out, timed_out, secs = run_process(argv, env, timeout, logdir / ("test_tls.%s.out" % label), echo=echo)
-    problem = abnormal_end(rc, timed_out, timeout, vg_log if vg else None, last[0])
+    problem = abnormal_end(rc, timed_out, timeout, vg_log if vg else None, last[0], out)
     if not problem and rc != 0 and not any(CASE_RE.match(l) and l.startswith("not ok") for l in out.splitlines()):
         problem = "exited with status %d but reported no failing case" % rc
     if problem:
