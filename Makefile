@@ -176,14 +176,16 @@ test-c: venv c-tests examples
 test-valgrind: venv c-tests examples
 	$(VENV)/bin/python tests/run_c_tests.py --bindir $(BUILD)/c-tests --exdir $(BUILD)/examples --valgrind-only
 
-# The C tests, examples, TLS and conformance drivers built with
-# AddressSanitizer and UBSan (the library is Rust: its allocations go
-# through the sanitizer's malloc, so leaks and overruns of them show too).
+# The C tests, examples, TLS, conformance and pjlib drivers built with
+# AddressSanitizer and UBSan. The library itself is not instrumented, but
+# its allocations go through the sanitizer's malloc: leaks of them, and C
+# code overrunning them, are reported too.
 test-asan: venv asan-tests
 	$(SAN_ENV) $(VENV)/bin/python tests/run_c_tests.py --bindir $(BUILD)/asan/c-tests --exdir $(BUILD)/asan/examples
 	$(SAN_ENV) $(VENV)/bin/python tests/tls/run.py --bin $(BUILD)/asan/c-tests/test_tls --logdir $(BUILD)/asan/test-logs/tls
 	$(SAN_ENV) $(VENV)/bin/python tests/conformance/run.py --bin $(BUILD)/asan/c-tests/test_conformance \
 	  --logdir $(BUILD)/asan/test-logs --no-doc-check
+	$(SAN_ENV) PJWS_SAN_FLAGS="$(SAN_FLAGS)" $(VENV)/bin/python tests/pjlib/run.py --asan
 
 # wss://: throwaway PKI, TLS peers, natively and under valgrind.
 test-tls: venv c-tests

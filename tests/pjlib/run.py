@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """libpjwebsock's pjlib suite: the library driven by a real pjlib.
 
-    PJPROJECT_DIR=/path/to/pjproject .venv/bin/python tests/pjlib/run.py [--valgrind]
+    PJPROJECT_DIR=/path/to/pjproject .venv/bin/python tests/pjlib/run.py [--valgrind | --asan]
 
 What it runs:
   1. tests/pjlib/test_no_pjlib.c, always (no pjproject needed): pjlib mode
@@ -17,7 +17,9 @@ What it runs:
   (memcheck, leaks are errors; suppressions: tests/valgrind.supp, plus
   tests/pjlib/pjlib.supp if it exists). A crash in one group of cases of
   test_pjlib_driver does not hide the others: the groups after it are run
-  in a new process.
+  in a new process. With --asan (make test-asan), 1 and 2 are built with
+  AddressSanitizer and UBSan into build/asan/pjlib and run natively
+  (pjproject's own websock_test is not relinked for that pass).
 
 Finding pjproject:
   PJPROJECT_DIR (or --pjproject-dir): a pjproject source tree configured and
@@ -56,6 +58,11 @@ from harness import (VALGRIND_ERROR_EXIT, Results, Server, abnormal_end, give_up
 
 CC = os.environ.get("CC", "cc")
 CFLAGS_COMMON = ["-std=gnu11", "-D_GNU_SOURCE", "-g", "-O1", "-Wall", "-Wextra", "-Werror"]
+# --asan: the test programs built with AddressSanitizer and UBSan (the
+# Makefile passes its SAN_FLAGS).
+SAN_FLAGS = shlex.split(os.environ.get("PJWS_SAN_FLAGS",
+                                       "-fsanitize=address,undefined -fno-sanitize-recover=all "
+                                       "-fno-omit-frame-pointer"))
 
 
 # ---------------------------------------------------------------------------
@@ -201,10 +208,10 @@ def run_test_binary(label, argv, env, res, logdir, timeout, vg=False):
     return died_in
 
 
-def run_driver(driver, env, res, logdir, timeout, vg):
+def run_driver(driver, env, res, logdir, timeout, vg, tag=""):
     """Runs test_pjlib_driver; after a crash (or hang) in one group of cases,
     runs the groups after it, so that one crash does not hide the rest."""
-    suffix = " [valgrind]" if vg else ""
+    suffix = tag + (" [valgrind]" if vg else "")
     out = subprocess.run([str(driver), "--list"], capture_output=True, text=True)
     m = re.match(r"groups: (\w+)", out.stdout)
     groups = list(m.group(1)) if m else []
@@ -333,6 +340,9 @@ def main():
                     help="directory with libpjwebsock.so (default build/lib)")
     ap.add_argument("--valgrind", action="store_true", help="also run the C programs under valgrind")
     ap.add_argument("--valgrind-only", action="store_true", help="only the valgrind pass")
+    ap.add_argument("--asan", action="store_true",
+                    help="build the test programs with AddressSanitizer and UBSan and run them natively "
+                         "(output in build/asan; pjproject's websock_test is not relinked)")
     ap.add_argument("--timeout", type=int, default=600, help="per program, native (s)")
     ap.add_argument("--vg-timeout", type=int, default=1800, help="per program, under valgrind (s)")
     args = ap.parse_args()
@@ -341,8 +351,12 @@ def main():
 
     res = Results()
     t_start = time.monotonic()
-    outdir = ROOT / "build/pjlib"
-    logdir = ROOT / "build/test-logs/pjlib"
+    if args.asan and args.valgrind:
+        return give_up("not ok - setup: --asan and --valgrind do not go together")
+    outdir = ROOT / ("build/asan/pjlib" if args.asan else "build/pjlib")
+    logdir = ROOT / ("build/asan/test-logs/pjlib" if args.asan else "build/test-logs/pjlib")
+    cflags = CFLAGS_COMMON + (SAN_FLAGS if args.asan else [])
+    tag = " [asan]" if args.asan else ""
     outdir.mkdir(parents=True, exist_ok=True)
     logdir.mkdir(parents=True, exist_ok=True)
     libdir = args.libdir.resolve()
@@ -358,7 +372,7 @@ def main():
 
     # 1. no pjlib in the process
     no_pj = outdir / "test_no_pjlib"
-    built_no_pj = compile_c([CC] + CFLAGS_COMMON + pjws + [str(HERE / "test_no_pjlib.c"), "-o", str(no_pj)]
+    built_no_pj = compile_c([CC] + cflags + pjws + [str(HERE / "test_no_pjlib.c"), "-o", str(no_pj)]
                             + link_pjws + ["-lpthread"], "test_no_pjlib", res, logdir)
 
     try:
@@ -370,8 +384,8 @@ def main():
     else:
         if pj is None:
             say("SKIPPED: pjproject not found (set PJPROJECT_DIR to a pjproject tree built in place, "
-                "or install libpjproject.pc); test_pjlib_driver and websock_test not run")
-            res.skip(2)
+                "or install libpjproject.pc); test_pjlib_driver%s not run" % ("" if args.asan else " and websock_test"))
+            res.skip(1 if args.asan else 2)
         else:
             say("# pjproject: %s" % pj.how)
 
@@ -380,7 +394,7 @@ def main():
         driver = outdir / "test_pjlib_driver"
         rpath = ["-Wl,-rpath,%s" % ":".join(pj.rpath)] if pj.rpath else []
         ctests = ROOT / "c-tests"   # testutil.c: clock, waits, valgrind scaling
-        if not compile_c([CC] + CFLAGS_COMMON + pj.cflags + pjws
+        if not compile_c([CC] + cflags + pj.cflags + pjws
                          + ["-I%s" % ctests, str(HERE / "test_pjlib_driver.c"), str(ctests / "testutil.c"),
                             "-o", str(driver)]
                          + link_pjws + rpath + pj.libs, "test_pjlib_driver", res, logdir):
@@ -409,10 +423,12 @@ def main():
             suffix = " [valgrind]" if vg else ""
             timeout = args.vg_timeout if vg else args.timeout
             if built_no_pj:
-                run_test_binary("test_no_pjlib" + suffix, [str(no_pj)], env, res, logdir, timeout, vg)
+                run_test_binary("test_no_pjlib" + tag + suffix, [str(no_pj)], env, res, logdir, timeout, vg)
             if driver:
-                run_driver(driver, env, res, logdir, timeout, vg)
-            if pj and pj.tree is None:
+                run_driver(driver, env, res, logdir, timeout, vg, tag)
+            if pj and args.asan:
+                say("# pjlib-util-test websock_test: pjproject's own program, not relinked for the ASan pass")
+            elif pj and pj.tree is None:
                 say("SKIPPED - pjlib-util-test websock_test: needs PJPROJECT_DIR (the build's object "
                     "files), not an installed pjproject")
                 res.skip()
