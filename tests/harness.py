@@ -277,6 +277,19 @@ def sanitizer_report(out):
     return m.group(1) if m else None
 
 
+SAN_START_RE = re.compile(r"^==\d+==ERROR: \w+Sanitizer|: runtime error: ", re.M)
+
+
+def sanitizer_excerpt(out, lines=14):
+    """The first lines of a sanitizer report in a program's output (where
+    it says what went wrong, and where), None if there is none."""
+    m = SAN_START_RE.search(out or "")
+    if not m:
+        return None
+    start = out.rfind("\n", 0, m.start()) + 1
+    return "\n".join(out[start:].splitlines()[:lines])
+
+
 def abnormal_end(rc, timed_out, timeout, vg_log=None, running=None, out=None):
     """Why a run failed whatever it printed: it timed out, valgrind reported
     errors (vg_log: the valgrind log, None for a native run), a sanitizer

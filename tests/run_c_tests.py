@@ -57,7 +57,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from harness import (VALGRIND_ERROR_EXIT, Results, Server, abnormal_end, give_up, refused_port,
-                     run_process, tally_run, valgrind_argv, valgrind_summary)
+                     run_process, sanitizer_excerpt, tally_run, valgrind_argv, valgrind_summary)
 
 HERE = Path(__file__).resolve().parent
 SERVERS = HERE / "servers"
@@ -159,9 +159,6 @@ def make_wav(path: Path, seconds=1.0, rate=16000, freq=440.0):
 # ---------------------------------------------------------------------------
 # Running binaries
 
-SAN_START_RE = re.compile(r"^==\d+==ERROR: \w+Sanitizer|: runtime error: ")
-
-
 def run_test_binary(path: Path, env, args, res: Results, logdir: Path, vg: bool, out_lock):
     name = path.name
     label = name + (" [valgrind]" if vg else "")
@@ -186,12 +183,11 @@ def run_test_binary(path: Path, env, args, res: Results, logdir: Path, vg: bool,
         if vg and rc == VALGRIND_ERROR_EXIT:
             print(valgrind_summary(vg_log))
         if (t.problems or (t.failed and args.verbose)) and not vg:
-            lines = out.splitlines()
-            start = next((i for i, l in enumerate(lines) if SAN_START_RE.search(l)), None)
-            if start is not None:
-                print("    --- sanitizer report (%s) ---\n%s" % (log_path, "\n".join(lines[start:start + 14])))
+            report = sanitizer_excerpt(out)
+            if report:
+                print("    --- sanitizer report (%s) ---\n%s" % (log_path, report))
             else:
-                print("    --- last output lines (%s) ---\n%s" % (log_path, "\n".join(lines[-15:])))
+                print("    --- last output lines (%s) ---\n%s" % (log_path, "\n".join(out.splitlines()[-15:])))
         sys.stdout.flush()
 
 

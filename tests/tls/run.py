@@ -38,7 +38,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 import certs  # noqa: E402
 from harness import (CASE_RE, RUNNING, VALGRIND_ERROR_EXIT, Results, Server, abnormal_end,  # noqa: E402
-                     give_up, refused_port, run_process, valgrind_argv)
+                     give_up, refused_port, run_process, sanitizer_excerpt, valgrind_argv)
 
 
 def valgrind_log_tail(log_path: Path, max_lines=100):
@@ -98,6 +98,8 @@ def run_pass(binary: Path, env, vg: bool, args, logdir: Path, res: Results):
         print("not ok - test_tls (%s): %s" % (label, problem), flush=True)
         if vg and rc == VALGRIND_ERROR_EXIT:
             print(valgrind_log_tail(vg_log))
+        elif sanitizer_excerpt(out):
+            print(sanitizer_excerpt(out))
     print("== test_tls (%s): %.1f s ==" % (label, secs), flush=True)
 
 
