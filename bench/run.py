@@ -77,29 +77,34 @@ M_CONN = ("connect_total_ms", "connect all ms", "", False)
 M_RSS = ("rss_per_conn_b", "VmRSS B/conn", "", False)
 M_DATA = ("vmdata_per_conn_b", "VmData B/conn", "", False)
 M_MALLOC = ("malloc_per_conn_b", "malloc B/conn", "", False)
+# Derived per run (see `with_server_cpu`): the echo server's CPU per message
+# over the same interval, and client + server.
+M_SCPU = ("server_cpu_us_per_msg", "server CPU µs/msg", "", False)
+M_TCPU = ("total_cpu_us_per_msg", "client + server CPU µs/msg", "", False)
+CPU_ROWS = [M_CPU, M_SCPU, M_TCPU]
 
 # Workloads: full-size arguments, the tiny smoke-test overrides, metrics.
 WORKLOADS = [
     dict(name="pingpong", args=["--workload", "pingpong", "--n", "50000", "--warmup", "2000", "--size", "64"],
-         smoke=["--n", "300", "--warmup", "20"], metrics=[M_MSGS, M_RTT50, M_RTT99, M_CPU]),
+         smoke=["--n", "300", "--warmup", "20"], metrics=[M_MSGS, M_RTT50, M_RTT99, *CPU_ROWS]),
     dict(name="stream", args=["--workload", "stream", "--n", "200000", "--size", "640"],
-         smoke=["--n", "3000"], metrics=[M_MSGS, M_MB, M_CPU]),
+         smoke=["--n", "3000"], metrics=[M_MSGS, M_MB, *CPU_ROWS]),
     dict(name="bulk-60KiB", args=["--workload", "bulk", "--n", "2000", "--size", "61440"],
-         smoke=["--n", "30"], metrics=[M_MB, M_CPU]),
+         smoke=["--n", "30"], metrics=[M_MB, *CPU_ROWS]),
     dict(name="bulk-1MiB", args=["--workload", "bulk", "--n", "200", "--size", "1048576"],
-         smoke=["--n", "4"], metrics=[M_MB, M_CPU]),
+         smoke=["--n", "4"], metrics=[M_MB, *CPU_ROWS]),
     dict(name="conns-1k", args=["--workload", "conns", "--n", "1000"],
          smoke=["--n", "100"], metrics=[M_CONN, M_RSS, M_DATA, M_MALLOC]),
     dict(name="conns-10k", args=["--workload", "conns", "--n", "10000"],
          smoke=["--n", "300"], metrics=[M_CONN, M_RSS, M_DATA, M_MALLOC]),
     dict(name="fanout", args=["--workload", "fanout", "--conns", "200", "--rate", "50", "--duration", "5"],
-         smoke=["--conns", "20", "--duration", "0.3"], metrics=[M_CPU, M_LAT50, M_LAT99]),
+         smoke=["--conns", "20", "--duration", "0.3"], metrics=[*CPU_ROWS, M_LAT50, M_LAT99]),
     dict(name="wss-stream", tls=True, args=["--workload", "stream", "--n", "200000", "--size", "640"],
-         smoke=["--n", "2000"], metrics=[M_MSGS, M_MB, M_CPU]),
+         smoke=["--n", "2000"], metrics=[M_MSGS, M_MB, *CPU_ROWS]),
     dict(name="wss-bulk-60KiB", tls=True, args=["--workload", "bulk", "--n", "2000", "--size", "61440"],
-         smoke=["--n", "20"], metrics=[M_MB, M_CPU]),
+         smoke=["--n", "20"], metrics=[M_MB, *CPU_ROWS]),
     dict(name="wss-bulk-1MiB", tls=True, args=["--workload", "bulk", "--n", "200", "--size", "1048576"],
-         smoke=["--n", "3"], metrics=[M_MB, M_CPU]),
+         smoke=["--n", "3"], metrics=[M_MB, *CPU_ROWS]),
 ]
 
 # Callgrind: the same workload at two sizes; (Ir(N2) - Ir(N1)) / (N2 - N1)
@@ -486,12 +491,28 @@ def stats(values):
     return statistics.median(vals), min(vals), max(vals), len(vals)
 
 
+def with_server_cpu(r):
+    """The run with the server's CPU per message (server CPU time over the
+    client's measured interval, divided by the client's message count) and
+    client + server added. Over loopback the sending process's system call
+    also runs the receiving socket's TCP processing and, if the receiver is
+    asleep, its wake-up: kernel time moves between the two processes with
+    how each waits and writes. The sum tells less work from work billed to
+    the other side."""
+    cli, srv, per = r.get("client_cpu_s"), r.get("server_cpu_s"), r.get("cpu_us_per_msg")
+    if not (cli and per) or srv is None:
+        return r
+    s = srv * per / cli
+    return dict(r, server_cpu_us_per_msg=s, total_cpu_us_per_msg=per + s)
+
+
 def summarize(records):
     """{(name, client): {metric: (median, min, max, n)}} over ok runs."""
     groups = {}
     for r in records:
         if r.get("kind") != "run":
             continue
+        r = with_server_cpu(r)
         groups.setdefault((r["name"], r["client"]), []).append(r)
     out = {}
     for key, runs in groups.items():
@@ -560,7 +581,14 @@ def write_report(records, info, path, jsonl_path, argv):
              "send → last verified echo). CPU = getrusage of the whole client process (all "
              "threads) over that interval ÷ messages. MB/s counts payload bytes one way "
              "(each byte also comes back). \"srv busy\" = the echo server's CPU time ÷ the interval "
-             "(max over repetitions; ≥ 0.9 is reported as saturated).\n")
+             "(max over repetitions; ≥ 0.9 is reported as saturated). \"server CPU µs/msg\" = the "
+             "server's CPU time over the same interval ÷ the same messages; \"client + server\" is "
+             "their sum. Over loopback a process's send also runs the receiving socket's TCP "
+             "processing and, when the receiver is asleep in epoll, its wake-up, so kernel time "
+             "moves between client and server with how each one waits and writes (a client that "
+             "sleeps between bursts makes the server pay to wake it; one busy in a long write "
+             "processes the server's segments itself): the sum tells less work from work billed "
+             "to the other side.\n")
 
     oth = [r.get("others_cpus") for r in records if r.get("kind") == "run" and r.get("others_cpus") is not None]
     if oth:
@@ -930,7 +958,8 @@ def main():
                     emit(rec)
                     if rec.get("ok"):
                         keys = [m[0] for m in wl["metrics"]]
-                        status = "ok  " + "  ".join("%s=%s" % (k, fmt(rec.get(k))) for k in keys if k in rec)
+                        shown = with_server_cpu(rec)
+                        status = "ok  " + "  ".join("%s=%s" % (k, fmt(shown[k])) for k in keys if k in shown)
                         if rec.get("server_saturated"):
                             status += "  (server saturated)"
                     else:
