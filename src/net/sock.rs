@@ -174,27 +174,31 @@ impl Socket {
         };
     }
 
-    /// The result of a non-blocking connect (SO_ERROR): 0 = connected.
-    pub fn take_error(&self) -> i32 {
-        let mut err: libc::c_int = 0;
+    /// Reads an integer socket option.
+    fn int_option(&self, level: libc::c_int, name: libc::c_int) -> io::Result<libc::c_int> {
+        let mut v: libc::c_int = 0;
         let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: valid fd, err/len point to valid storage.
+        // SAFETY: valid fd, v/len point to valid storage.
         let r = unsafe {
             libc::getsockopt(
                 self.fd,
-                libc::SOL_SOCKET,
-                libc::SO_ERROR,
-                &mut err as *mut _ as *mut libc::c_void,
+                level,
+                name,
+                &mut v as *mut _ as *mut libc::c_void,
                 &mut len,
             )
         };
         if r < 0 {
-            io::Error::last_os_error()
-                .raw_os_error()
-                .unwrap_or(libc::EIO)
+            Err(io::Error::last_os_error())
         } else {
-            err
+            Ok(v)
         }
+    }
+
+    /// The result of a non-blocking connect (SO_ERROR): 0 = connected.
+    pub fn take_error(&self) -> i32 {
+        self.int_option(libc::SOL_SOCKET, libc::SO_ERROR)
+            .unwrap_or_else(|e| e.raw_os_error().unwrap_or(libc::EIO))
     }
 
     pub fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
@@ -254,20 +258,8 @@ mod tests {
     use super::*;
 
     fn tcp_option(s: &Socket, name: libc::c_int) -> libc::c_int {
-        let mut v: libc::c_int = -1;
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: valid fd; v/len point to valid storage.
-        let r = unsafe {
-            libc::getsockopt(
-                s.fd(),
-                libc::IPPROTO_TCP,
-                name,
-                &mut v as *mut _ as *mut libc::c_void,
-                &mut len,
-            )
-        };
-        assert_eq!(r, 0, "getsockopt {name}: {}", io::Error::last_os_error());
-        v
+        s.int_option(libc::IPPROTO_TCP, name)
+            .unwrap_or_else(|e| panic!("getsockopt {name}: {e}"))
     }
 
     #[test]
