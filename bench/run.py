@@ -73,6 +73,7 @@ M_RTT50 = ("rtt_median_us", "RTT median µs", "", False)
 M_RTT99 = ("rtt_p99_us", "RTT p99 µs", "", False)
 M_LAT50 = ("lat_median_us", "latency median µs", "", False)
 M_LAT99 = ("lat_p99_us", "latency p99 µs", "", False)
+M_CBUSY = ("client_busy", "client busy (CPU ÷ interval)", "", False)
 M_CONN = ("connect_total_ms", "connect all ms", "", False)
 M_RSS = ("rss_per_conn_b", "VmRSS B/conn", "", False)
 M_DATA = ("vmdata_per_conn_b", "VmData B/conn", "", False)
@@ -98,7 +99,7 @@ WORKLOADS = [
     dict(name="conns-10k", args=["--workload", "conns", "--n", "10000"],
          smoke=["--n", "300"], metrics=[M_CONN, M_RSS, M_DATA, M_MALLOC]),
     dict(name="fanout", args=["--workload", "fanout", "--conns", "200", "--rate", "50", "--duration", "5"],
-         smoke=["--conns", "20", "--duration", "0.3"], metrics=[*CPU_ROWS, M_LAT50, M_LAT99]),
+         smoke=["--conns", "20", "--duration", "0.3"], metrics=[*CPU_ROWS, M_LAT50, M_LAT99, M_CBUSY]),
     dict(name="wss-stream", tls=True, args=["--workload", "stream", "--n", "200000", "--size", "640"],
          smoke=["--n", "2000"], metrics=[M_MSGS, M_MB, *CPU_ROWS]),
     dict(name="wss-bulk-60KiB", tls=True, args=["--workload", "bulk", "--n", "2000", "--size", "61440"],
@@ -836,7 +837,7 @@ def write_report(records, info, path, jsonl_path, argv):
         L.append("- **libpjwebsock-poll**: the same program with `PJWS_LOOP=poll`: "
                  "`pj_websock_set_loop_mode(PJ_WEBSOCK_LOOP_POLL)`, so no library thread runs; the main thread "
                  "runs the loop in `pj_websock_poll()` whenever it waits (connects, echoes, a send slot on "
-                 "`PJ_EBUSY`, the next fanout frame's due time, with the millisecond timeout rounded up) and, "
+                 "`PJ_EBUSY`, and the next fanout frame's due time with `pj_websock_poll_us()`, to the microsecond) and, "
                  "while streaming, `pj_websock_poll(0)` after every 128 KiB sent; callbacks run on the main "
                  "thread.")
     L.append("- **tokio-tungstenite** (`bench/clients/tungstenite`): current-thread runtime, "

@@ -5,8 +5,8 @@
  * timers (connect timeout, close handshake), name resolution, destroy
  * (from the polling thread and from a callback), a call from inside a
  * callback (PJ_EINVALIDOP), a second polling thread (PJ_EBUSY) and the
- * wait bound of pj_websock_poll() itself. The mode is process-wide, so
- * this is a binary of its own. */
+ * wait bounds of pj_websock_poll() and pj_websock_poll_us() themselves.
+ * The mode is process-wide, so this is a binary of its own. */
 #include "common.h"
 
 #include <dirent.h>
@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 static pthread_t g_main;
@@ -147,6 +148,48 @@ static void case_poll_timeout(t_case *tc, void *arg)
     dt = now_ms() - t0;
     T_CHECK(tc, rc == PJ_SUCCESS && n == 0, "poll(0): %s, %u events", st(rc), n);
     T_CHECK(tc, dt < 50, "poll(0) took %.0f ms", dt);
+}
+
+/* ---- pj_websock_poll_us keeps its timeout to the microsecond ---------- */
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static void case_poll_us_timeout(t_case *tc, void *arg)
+{
+    (void)arg;
+    unsigned n = 99;
+    pj_status_t rc = pj_websock_poll_us(0, &n);
+    T_CHECK(tc, rc == PJ_SUCCESS && n == 0, "poll_us(0): %s, %u events", st(rc), n);
+    if (skip_timing_under_valgrind(tc))
+        return;
+    /* Never shorter than asked, also past whole milliseconds. */
+    double t0 = now_ms();
+    rc = pj_websock_poll_us(2500, &n);
+    double dt = now_ms() - t0;
+    T_CHECK(tc, rc == PJ_SUCCESS && n == 0, "poll_us(2500): %s, %u events", st(rc), n);
+    T_CHECK(tc, dt >= 2.49 && dt < 500, "poll_us(2500) took %.3f ms", dt);
+    /* Not rounded up to a millisecond where the kernel has epoll_pwait2
+     * (Linux 5.11): the median of 15 waits of 300 us stays under one,
+     * while each would take >= 1 ms if it were. Without it, each wait is
+     * rounded up, never down. */
+    errno = 0;
+    long probe = syscall(SYS_epoll_pwait2, -1, NULL, 1, NULL, NULL, 0);
+    int exact = !(probe < 0 && (errno == ENOSYS || errno == EPERM));
+    double d[15];
+    for (int i = 0; i < 15; i++) {
+        t0 = now_ms();
+        rc = pj_websock_poll_us(300, NULL);
+        d[i] = now_ms() - t0;
+        T_CHECK(tc, rc == PJ_SUCCESS, "poll_us(300): %s", st(rc));
+        T_CHECK(tc, d[i] >= (exact ? 0.299 : 0.999), "poll_us(300) took %.3f ms", d[i]);
+    }
+    qsort(d, 15, sizeof d[0], cmp_double);
+    if (exact)
+        T_CHECK(tc, d[7] < 0.95, "median poll_us(300) %.3f ms (min %.3f, max %.3f)", d[7], d[0], d[14]);
 }
 
 /* ---- nothing happens without polling, then everything does ------------ */
@@ -456,6 +499,8 @@ int main(void)
     g_base_live = pj_websock_get_live_count();
     t_run("mode: poll before choosing, unknown modes, switching back refused, no thread", case_mode_rules, NULL);
     t_run("pj_websock_poll waits at most its timeout", case_poll_timeout, NULL);
+    t_run("pj_websock_poll_us: 0 does not wait, 2,500 us at least that, 300 us not rounded up to 1 ms",
+          case_poll_us_timeout, NULL);
     t_run("echo: nothing before the first poll, then 201 messages up to 4 MiB on the polling thread", case_echo,
           NULL);
     t_run("the descriptor table grows to 1,024 slots in one step once a socket passes 32", case_fd_table, NULL);

@@ -17,7 +17,7 @@
  */
 #include "common.h"
 
-#include <dlfcn.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdatomic.h>
 
@@ -248,7 +248,6 @@ static void on_rx_msg(pj_websock *ws, pj_websock_opcode op, const void *data, pj
 static pj_websock_param g_param;
 static pj_str_t g_url;
 static int g_wss;
-typedef pj_status_t (*set_tls_ca_fn)(pj_websock *, const char *, const char *);
 
 static int conn_open(conn_t *c, long idx)
 {
@@ -263,11 +262,9 @@ static int conn_open(conn_t *c, long idx)
      * small high-water mark, retrying on PJ_EBUSY (stream, bulk). */
     pj_websock_set_max_buffered(c->ws, getenv("PJWS_MAXBUF") ? (pj_size_t)atol(getenv("PJWS_MAXBUF"))
                                                              : 256 * 1024);
-    if (g_wss && A.ca) {
-        /* Extension API that may not exist yet: look it up at run time. */
-        set_tls_ca_fn f = (set_tls_ca_fn)dlsym(RTLD_DEFAULT, "pj_websock_set_tls_ca");
-        if (f)
-            f(c->ws, A.ca, NULL);
+    if (g_wss && A.ca && (st = pj_websock_set_tls_ca(c->ws, A.ca, NULL)) != PJ_SUCCESS) {
+        fail("pj_websock_set_tls_ca: %d %s", st, strerr(st));
+        return -1;
     }
     st = pj_websock_connect(c->ws, &g_url, NULL);
     if (st != PJ_SUCCESS) {
@@ -521,8 +518,9 @@ int main(int argc, char **argv)
                     fill_msg(buf, ((uint64_t)c << 32) | (uint64_t)k, (size_t)A.size, 0);
                     uint64_t t = now_ns();
                     while (g_poll && t < due) {
-                        /* Handle echoes while waiting (ms resolution). */
-                        pj_websock_poll((unsigned)((due - t + 999999) / 1000000), NULL);
+                        /* Handle echoes while waiting, until the due time. */
+                        uint64_t us = (due - t + 999) / 1000;
+                        pj_websock_poll_us(us > UINT_MAX ? UINT_MAX : (unsigned)us, NULL);
                         t = now_ns();
                     }
                     if (t < due) {

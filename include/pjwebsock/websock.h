@@ -873,6 +873,16 @@ pj_status_t pj_websock_set_loop_mode(int mode);
  */
 pj_status_t pj_websock_poll(unsigned int timeout_ms, unsigned int *p_count);
 
+/**
+ * Same as `pj_websock_poll()` with the timeout in microseconds, for
+ * applications that pace their sends more finely than a millisecond
+ * (say, the next of many streams' 20 ms audio frames is due in 300 µs):
+ * the wait ends when sockets become ready or at that instant, not at the
+ * next whole millisecond. On Linux before 5.11 (no `epoll_pwait2`) the
+ * wait is rounded up to a whole millisecond; it never ends early.
+ */
+pj_status_t pj_websock_poll_us(unsigned int timeout_us, unsigned int *p_count);
+
 #ifdef __cplusplus
 }  // extern "C"
 #endif  // __cplusplus

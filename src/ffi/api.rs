@@ -756,21 +756,41 @@ pub extern "C" fn pj_websock_set_loop_mode(mode: c_int) -> pj_status_t {
 #[no_mangle]
 pub unsafe extern "C" fn pj_websock_poll(timeout_ms: c_uint, p_count: *mut c_uint) -> pj_status_t {
     guard!(PJ_EBUG, {
-        let Some(lp) = evloop::try_get() else {
-            return PJ_EINVALIDOP;
-        };
-        let limit = timeout_ms.min(i32::MAX as c_uint) as i32;
-        match lp.poll(limit) {
-            Ok(n) => {
-                if !p_count.is_null() {
-                    *p_count = n.min(c_uint::MAX as usize) as c_uint;
-                }
-                PJ_SUCCESS
-            }
-            Err(evloop::PollError::Busy) => PJ_EBUSY,
-            Err(_) => PJ_EINVALIDOP,
-        }
+        poll_for(Duration::from_millis(timeout_ms.into()), p_count)
     })
+}
+
+/// Same as `pj_websock_poll()` with the timeout in microseconds, for
+/// applications that pace their sends more finely than a millisecond
+/// (say, the next of many streams' 20 ms audio frames is due in 300 µs):
+/// the wait ends when sockets become ready or at that instant, not at the
+/// next whole millisecond. On Linux before 5.11 (no `epoll_pwait2`) the
+/// wait is rounded up to a whole millisecond; it never ends early.
+#[no_mangle]
+pub unsafe extern "C" fn pj_websock_poll_us(
+    timeout_us: c_uint,
+    p_count: *mut c_uint,
+) -> pj_status_t {
+    guard!(PJ_EBUG, {
+        poll_for(Duration::from_micros(timeout_us.into()), p_count)
+    })
+}
+
+/// `pj_websock_poll()` and `pj_websock_poll_us()` (inside their guard).
+unsafe fn poll_for(timeout: Duration, p_count: *mut c_uint) -> pj_status_t {
+    let Some(lp) = evloop::try_get() else {
+        return PJ_EINVALIDOP;
+    };
+    match lp.poll(timeout) {
+        Ok(n) => {
+            if !p_count.is_null() {
+                *p_count = n.min(c_uint::MAX as usize) as c_uint;
+            }
+            PJ_SUCCESS
+        }
+        Err(evloop::PollError::Busy) => PJ_EBUSY,
+        Err(_) => PJ_EINVALIDOP,
+    }
 }
 
 #[cfg(test)]

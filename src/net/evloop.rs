@@ -248,10 +248,10 @@ impl EventLoop {
     }
 
     /// Poll mode: runs one round of the loop on the calling thread. Waits
-    /// at most `timeout_ms` (less if a timer is due sooner) for sockets to
+    /// at most `timeout` (less if a timer is due sooner) for sockets to
     /// become ready, then handles what is ready, the posted commands and
     /// the due timers. Returns how many of those it handled.
-    pub fn poll(&'static self, timeout_ms: i32) -> Result<usize, PollError> {
+    pub fn poll(&'static self, timeout: Duration) -> Result<usize, PollError> {
         let Some(m) = self.polled.get() else {
             return Err(PollError::NotPollMode);
         };
@@ -272,7 +272,7 @@ impl EventLoop {
             }
         }
         let _reset = Reset;
-        Ok(self.run_once(&mut ctx, timeout_ms))
+        Ok(self.run_once(&mut ctx, Some(timeout)))
     }
 
     /// Is the caller running on the loop thread?
@@ -365,29 +365,26 @@ impl EventLoop {
         fdtable::reserve_now(fdtable::How::Worker);
         let mut ctx = LoopCtx::new(self);
         loop {
-            self.run_once(&mut ctx, -1);
+            self.run_once(&mut ctx, None);
         }
     }
 
-    /// One round: waits for readiness (at most `limit_ms`, -1 for no
+    /// One round: waits for readiness (at most `limit`, `None` for no
     /// limit, and never past the next timer), handles the ready sockets,
     /// then the posted commands and the due timers. Returns how many of
     /// those it handled.
-    fn run_once(&self, ctx: &mut LoopCtx, limit_ms: i32) -> usize {
-        let timeout = match (self.next_timeout(), limit_ms) {
-            (t, l) if t < 0 => l,
-            (t, l) if l < 0 => t,
-            (t, l) => t.min(l),
+    fn run_once(&self, ctx: &mut LoopCtx, limit: Option<Duration>) -> usize {
+        let timeout = match (self.next_timeout(), limit) {
+            (None, l) => l,
+            (t, None) => t,
+            (Some(t), Some(l)) => Some(t.min(l)),
         };
         let mut events = std::mem::take(&mut ctx.events);
-        // SAFETY: events has capacity for events.len() entries.
-        let n = unsafe {
-            libc::epoll_wait(self.epfd, events.as_mut_ptr(), events.len() as i32, timeout)
-        };
+        let n = wait_events(self.epfd, &mut events, timeout);
         if n < 0 {
             let e = io::Error::last_os_error();
             ctx.events = events;
-            if e.kind() != io::ErrorKind::Interrupted && limit_ms < 0 {
+            if e.kind() != io::ErrorKind::Interrupted && limit.is_none() {
                 std::thread::sleep(Duration::from_millis(1));
             }
             return 0;
@@ -496,24 +493,67 @@ impl EventLoop {
         }
     }
 
-    fn next_timeout(&self) -> i32 {
+    /// Time left until the earliest live timer, `None` without one.
+    fn next_timeout(&self) -> Option<Duration> {
         let mut sh = self.shared.lock().unwrap_or_else(|e| e.into_inner());
         while let Some(Reverse((t, id))) = sh.heap.peek().copied() {
             if !sh.is_live(id) {
                 sh.heap.pop();
                 continue;
             }
-            let now = Instant::now();
-            if t <= now {
-                return 0;
-            }
-            // Round up so a timer never fires early.
-            let d = t - now;
-            let ms = d.as_millis() + u128::from(!d.as_nanos().is_multiple_of(1_000_000));
-            return ms.min(i32::MAX as u128) as i32;
+            return Some(t.saturating_duration_since(Instant::now()));
         }
-        -1
+        None
     }
+}
+
+/// Set once epoll_pwait2 turned out to be missing (Linux before 5.11, or
+/// a seccomp filter that does not know it).
+static NO_PWAIT2: AtomicBool = AtomicBool::new(false);
+
+/// Waits for events on `epfd` for at most `timeout` (`None`: no limit).
+/// A timeout that is not a whole number of milliseconds is kept to the
+/// nanosecond with epoll_pwait2; without it, epoll_wait rounds it up to
+/// the next millisecond, so a wait never ends early. Returns what the
+/// system call returned (-1 with errno set on failure).
+fn wait_events(epfd: RawFd, events: &mut [libc::epoll_event], timeout: Option<Duration>) -> i32 {
+    let max = events.len().min(i32::MAX as usize) as i32;
+    let ptr = events.as_mut_ptr();
+    if let Some(d) = timeout.filter(|d| d.subsec_nanos() % 1_000_000 != 0) {
+        if !NO_PWAIT2.load(Ordering::Relaxed) {
+            let ts = libc::timespec {
+                tv_sec: d.as_secs().min(libc::time_t::MAX as u64) as libc::time_t,
+                tv_nsec: d.subsec_nanos() as _,
+            };
+            // SAFETY: `events` has room for `max` entries; `ts` outlives
+            // the call; a null signal mask leaves the mask alone.
+            let n = unsafe {
+                libc::syscall(
+                    libc::SYS_epoll_pwait2,
+                    epfd,
+                    ptr,
+                    max,
+                    &ts as *const libc::timespec,
+                    std::ptr::null::<libc::sigset_t>(),
+                    0usize,
+                )
+            };
+            let errno = io::Error::last_os_error().raw_os_error();
+            if n >= 0 || !matches!(errno, Some(libc::ENOSYS) | Some(libc::EPERM)) {
+                return n as i32;
+            }
+            NO_PWAIT2.store(true, Ordering::Relaxed);
+        }
+    }
+    let ms = match timeout {
+        None => -1,
+        Some(d) => {
+            let ms = d.as_millis() + u128::from(d.subsec_nanos() % 1_000_000 != 0);
+            ms.min(i32::MAX as u128) as i32
+        }
+    };
+    // SAFETY: `events` has room for `max` entries.
+    unsafe { libc::epoll_wait(epfd, ptr, max, ms) }
 }
 
 impl LoopCtx {
