@@ -17,6 +17,10 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#ifndef SYS_epoll_pwait2
+#define SYS_epoll_pwait2 441 /* x86-64 and the generic table (older headers) */
+#endif
+
 static pthread_t g_main;
 static int g_off_thread; /* callbacks that ran on another thread */
 static unsigned g_base_live;
