@@ -519,7 +519,8 @@ static NO_PWAIT2: AtomicBool = AtomicBool::new(false);
 fn wait_events(epfd: RawFd, events: &mut [libc::epoll_event], timeout: Option<Duration>) -> i32 {
     let max = events.len().min(i32::MAX as usize) as i32;
     let ptr = events.as_mut_ptr();
-    if let Some(d) = timeout.filter(|d| d.subsec_nanos() % 1_000_000 != 0) {
+    let sub_ms = timeout.is_some_and(|d| d.subsec_nanos() % 1_000_000 != 0);
+    if let Some(d) = timeout.filter(|_| sub_ms) {
         if !NO_PWAIT2.load(Ordering::Relaxed) {
             let ts = libc::timespec {
                 tv_sec: d.as_secs().min(libc::time_t::MAX as u64) as libc::time_t,
@@ -538,19 +539,19 @@ fn wait_events(epfd: RawFd, events: &mut [libc::epoll_event], timeout: Option<Du
                     0usize,
                 )
             };
-            let errno = io::Error::last_os_error().raw_os_error();
-            if n >= 0 || !matches!(errno, Some(libc::ENOSYS) | Some(libc::EPERM)) {
+            if n >= 0 {
                 return n as i32;
+            }
+            let errno = io::Error::last_os_error().raw_os_error();
+            if !matches!(errno, Some(libc::ENOSYS) | Some(libc::EPERM)) {
+                return -1;
             }
             NO_PWAIT2.store(true, Ordering::Relaxed);
         }
     }
     let ms = match timeout {
         None => -1,
-        Some(d) => {
-            let ms = d.as_millis() + u128::from(d.subsec_nanos() % 1_000_000 != 0);
-            ms.min(i32::MAX as u128) as i32
-        }
+        Some(d) => (d.as_millis() + u128::from(sub_ms)).min(i32::MAX as u128) as i32,
     };
     // SAFETY: `events` has room for `max` entries.
     unsafe { libc::epoll_wait(epfd, ptr, max, ms) }

@@ -98,8 +98,8 @@ def run_pass(binary: Path, env, vg: bool, args, logdir: Path, res: Results):
         print("not ok - test_tls (%s): %s" % (label, problem), flush=True)
         if vg and rc == VALGRIND_ERROR_EXIT:
             print(valgrind_log_tail(vg_log))
-        elif sanitizer_excerpt(out):
-            print(sanitizer_excerpt(out))
+        elif (report := sanitizer_excerpt(out)):
+            print(report)
     print("== test_tls (%s): %.1f s ==" % (label, secs), flush=True)
 
 
