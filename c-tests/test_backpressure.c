@@ -6,6 +6,8 @@
  *  - with pj_websock_set_max_buffered(8 MiB) a send eventually returns
  *    PJ_EBUSY and queues nothing; smaller messages that still fit are
  *    accepted; the accepted ones all arrive afterwards;
+ *  - with a 1000-byte mark and a peer that reads, a tight burst of small
+ *    sends is all accepted: coalescing never holds the sender at the mark;
  *  - without pj_websock_set_max_buffered the mark is 64 MiB: 1 MiB sends
  *    are refused once more than 63 MiB are queued, never before, and the
  *    accepted ones all arrive afterwards. */
@@ -290,6 +292,52 @@ static void case_ebusy_counts_new_frame(t_case *tc, void *arg)
 out:;
 }
 
+/* ---- a small mark with a reading peer -------------------------------- */
+
+enum { N_SMALL = 300, SMALL_LEN = 100, SMALL_MARK = 1000 };
+
+/* A burst of small sends is coalesced into one write, but never held back
+ * while the sender is at the mark: with a 1000-byte mark and a peer that
+ * reads, every one of a tight burst of 300 sends is accepted (the burst
+ * is written once half the mark is queued, and a send at the mark first
+ * writes what waits for coalescing). */
+static void case_small_mark_burst(t_case *tc, void *arg)
+{
+    (void)arg;
+    tctx c;
+    char url[512];
+    pj_websock_param p;
+    unsigned char buf[SMALL_LEN];
+    size_t lens[N_SMALL];
+    tctx_init(&c);
+    if (!need_url(tc, url, sizeof(url), "WS_ECHO_URL", "/"))
+        goto out;
+    tctx_param(&c, &p);
+    T_REQUIRE(tc, tctx_open(tc, &c, &p, url, NULL), "open failed");
+    pj_status_t rc = pj_websock_set_max_buffered(c.ws, SMALL_MARK);
+    T_REQUIRE(tc, rc == PJ_SUCCESS, "set_max_buffered: %s", st(rc));
+    size_t max_seen = 0;
+    for (uint32_t i = 0; i < N_SMALL; ++i) {
+        make_msg(buf, SMALL_LEN, i);
+        lens[i] = SMALL_LEN;
+        rc = pj_websock_send(c.ws, PJ_WEBSOCK_OP_BIN, buf, SMALL_LEN);
+        T_REQUIRE(tc, rc == PJ_SUCCESS, "send %u of a burst with a %d-byte mark: %s (buffered %zu)", i, SMALL_MARK,
+                  st(rc), pj_websock_get_buffered_amount(c.ws));
+        size_t b = pj_websock_get_buffered_amount(c.ws);
+        if (b > max_seen)
+            max_seen = b;
+    }
+    T_CHECK(tc, max_seen <= SMALL_MARK, "buffered amount reached %zu, above the %d mark", max_seen, SMALL_MARK);
+    T_REQUIRE(tc, tctx_wait_rx(&c, N_SMALL, tmo(10000)), "only %zu of %d echoes", c.n_rx, N_SMALL);
+    check_echoes(tc, &c, N_SMALL, lens);
+    T_CHECK(tc, wait_drained(c.ws, tmo(2000)), "buffered amount stays %zu", pj_websock_get_buffered_amount(c.ws));
+    tctx_close_wait(tc, &c, 1000, NULL);
+out:
+    if (c.ws)
+        pj_websock_destroy(c.ws);
+    tctx_free(&c);
+}
+
 /* ---- default high-water mark ---------------------------------------- */
 
 #define DEFAULT_HWM (64 * MiB)
@@ -351,6 +399,8 @@ int main(void)
     t_run("PJ_EBUSY at the high-water mark, nothing queued, accepted data arrives", case_ebusy, NULL);
     t_run("high-water mark counts the new frame (buffered never above the mark)", case_ebusy_counts_new_frame,
           NULL);
+    t_run("1000-byte mark, reading peer: a tight burst of 300 sends is all accepted and echoed",
+          case_small_mark_burst, NULL);
     t_run("default high-water mark 64 MiB: PJ_EBUSY with more than 63 MiB queued, echoes intact",
           case_default_mark, NULL);
     return t_done();

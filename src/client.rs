@@ -54,7 +54,8 @@ const SHED_MIN: usize = 64 * 1024;
 const SHED_AFTER: Duration = Duration::from_secs(1);
 /// Sends closer together than this (ns) are a burst and get coalesced.
 const BURST_GAP_NS: u64 = 50_000;
-/// A burst is written once this much is queued...
+/// A burst is written once this much is queued (at most half the
+/// high-water mark, so a sender at the mark never waits for the deadline)...
 const COALESCE_BYTES: usize = 32 * 1024;
 /// ...or at the latest this long after its first unwritten message.
 const COALESCE_DELAY: Duration = Duration::from_micros(200);
@@ -970,17 +971,29 @@ impl Client {
         let Some(link) = g.link.as_mut() else {
             return PJ_EINVALIDOP;
         };
-        let buffered = link.buffered();
+        if link.conn.as_ref().is_none_or(|c| c.close_sent()) {
+            return PJ_EINVALIDOP;
+        }
+        let mut buffered = link.buffered();
+        // The mark bounds the bytes queued, frame headers included.
+        if buffered > 0 && buffered.saturating_add(masked_frame_len(data.len())) > max {
+            // A burst held back for coalescing goes out now rather than
+            // make the sender wait for its deadline.
+            if link.flush_deadline.is_none() || link.out_armed || link.write_err.is_some() {
+                return PJ_EBUSY;
+            }
+            if let Err(e) = link.flush() {
+                self.defer_write_error(link, e);
+                return PJ_EBUSY;
+            }
+            buffered = link.buffered();
+            if buffered > 0 && buffered.saturating_add(masked_frame_len(data.len())) > max {
+                return PJ_EBUSY;
+            }
+        }
         let Some(conn) = link.conn.as_mut() else {
             return PJ_EINVALIDOP;
         };
-        if conn.close_sent() {
-            return PJ_EINVALIDOP;
-        }
-        // The mark bounds the bytes queued, frame headers included.
-        if buffered > 0 && buffered.saturating_add(masked_frame_len(data.len())) > max {
-            return PJ_EBUSY;
-        }
         let coalescing = link.flush_deadline.is_some() && buffered > 0;
         link.tx.append_with(data.len() + MAX_HEADER_LEN, |b| {
             conn.send_frame(op, data, link.masks.take(), b)
@@ -1000,7 +1013,7 @@ impl Client {
             link.last_send = now;
             b
         };
-        if !burst || link.buffered() >= COALESCE_BYTES {
+        if !burst || link.buffered() >= COALESCE_BYTES.min(max / 2) {
             if let Err(e) = link.flush() {
                 self.defer_write_error(link, e);
             }
