@@ -213,7 +213,7 @@ fuzz:
 
 # Benchmarks against peer libraries (not part of CI): bench/RESULTS.md.
 bench: lib
-	bash bench/run.sh
+	bash bench/run.sh $(BENCH_ARGS)
 
 # Builds the bench programs and runs each workload once, tiny.
 bench-smoke: lib

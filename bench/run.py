@@ -23,6 +23,7 @@ import platform
 import re
 import resource
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -142,6 +143,55 @@ def sh(cmd, default=""):
         return default
 
 
+CC_SYSCTL = "/proc/sys/net/ipv4/tcp_congestion_control"
+CC_DEFAULT = [""]  # the system's setting before --cc changed it
+
+
+def read_cc():
+    try:
+        return open(CC_SYSCTL).read().strip()
+    except OSError:
+        return ""
+
+
+class CongestionControl:
+    """Sets the system's TCP congestion control for the run and restores
+    it afterwards (it is a system-wide setting; new sockets take it).
+    Loopback has no fq qdisc, so a pacing algorithm such as BBR paces with
+    the socket's own timers, which changes the kernel work each write
+    costs: the figures depend on it (bench/README.md)."""
+
+    def __init__(self, want):
+        self.want, self.before = want, read_cc()
+        CC_DEFAULT[0] = self.before
+
+    def __enter__(self):
+        if not self.want or self.want == self.before:
+            return self
+        avail = sh("cat /proc/sys/net/ipv4/tcp_available_congestion_control").split()
+        if self.want not in avail:
+            sh("modprobe tcp_%s" % self.want)
+        try:
+            with open(CC_SYSCTL, "w") as f:
+                f.write(self.want)
+        except OSError as e:
+            raise SystemExit("--cc %s: cannot set %s (%s; root is needed)" % (self.want, CC_SYSCTL, e))
+        if read_cc() != self.want:
+            raise SystemExit("--cc %s: the kernel kept %s" % (self.want, read_cc()))
+        log("TCP congestion control: %s for this run (system default %s, restored at the end)" % (
+            self.want, self.before))
+        return self
+
+    def __exit__(self, *exc):
+        if self.want and self.want != self.before and self.before:
+            try:
+                with open(CC_SYSCTL, "w") as f:
+                    f.write(self.before)
+            except OSError as e:
+                log("! could not restore TCP congestion control %s: %s" % (self.before, e))
+        return False
+
+
 def machine_info():
     model = ""
     try:
@@ -173,6 +223,7 @@ def machine_info():
         "cpu_model": model,
         "mem_total": mem,
         "kernel": platform.release(),
+        "tcp_cc": read_cc(),
         "lib_commit": sh("git -C %s rev-parse --short HEAD" % ROOT) + (" + uncommitted changes" if dirty else ""),
         "rustc": sh("rustc --version"),
         "gcc": sh("gcc --version | head -1"),
@@ -567,6 +618,10 @@ def write_report(records, info, path, jsonl_path, argv):
     L.append("| machine | %s CPUs (%s), %s, Linux %s |" % (info.get("nproc"), info.get("cpu_model"),
                                                        info.get("mem_total"), info.get("kernel")))
     L.append("| pinning | %s |" % info.get("pinning", ""))
+    if info.get("tcp_cc"):
+        L.append("| TCP congestion control | %s%s |" % (info["tcp_cc"], (
+            " (set for the run with `--cc`; the system default is %s)" % info["cc_default"])
+            if info.get("cc_default") and info["cc_default"] != info["tcp_cc"] else " (the system default)"))
     L.append("| libpjwebsock | commit %s |" % info.get("lib_commit", ""))
     L.append("| peers | tokio-tungstenite %s (crates.io), libwebsockets %s (Debian)%s |" % (
         info.get("tokio_tungstenite"), info.get("libwebsockets"),
@@ -875,6 +930,8 @@ def main():
     ap.add_argument("--no-pin", action="store_true", help="do not pin server and client to separate CPUs")
     ap.add_argument("--report", metavar="JSONL", help="only regenerate RESULTS.md from a results file")
     ap.add_argument("--results-md", default=os.path.join(BENCH, "RESULTS.md"))
+    ap.add_argument("--cc", metavar="NAME", help="TCP congestion control for the run, e.g. cubic or bbr "
+                    "(sets net.ipv4.tcp_congestion_control, root only, and restores it at the end)")
     a = ap.parse_args()
 
     if a.report:
@@ -891,6 +948,14 @@ def main():
         log("wrote " + a.results_md)
         return 0
 
+    # SIGTERM unwinds like Ctrl-C, so a --cc setting is restored.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    with CongestionControl(a.cc):
+        return run(a)
+
+
+def run(a):
+    """The runs (or --smoke), under the congestion control chosen."""
     profile = "smoke" if a.smoke else "release"
     bins = client_bins(profile)
     clients = [c for c in CLIENT_ORDER if os.path.exists(bins[c])]
@@ -907,10 +972,12 @@ def main():
     cpus = sorted(os.sched_getaffinity(0))
     srv_cpu, cli_cpu = (cpus[0], cpus[1]) if len(cpus) >= 2 and shutil.which("taskset") and not a.no_pin else (None, None)
     info = machine_info()
+    info["cc_default"] = CC_DEFAULT[0] or info["tcp_cc"]
     info["pinning"] = ("server on CPU %d, client on CPU %d (taskset)" % (srv_cpu, cli_cpu)
                        if srv_cpu is not None else "none")
-    info["argv"] = ["make", "bench"] if os.environ.get("PJWS_BENCH_VIA_MAKE") else [
-        "python3", "bench/run.py"] + sys.argv[1:]
+    extra = sys.argv[1:]
+    info["argv"] = (["make", "bench"] + (["BENCH_ARGS='%s'" % " ".join(extra)] if extra else [])
+                    if os.environ.get("PJWS_BENCH_VIA_MAKE") else ["python3", "bench/run.py"] + extra)
     info["kind"] = "info"
 
     outdir = os.path.join(BUILD, "smoke") if a.smoke else RESULTS
