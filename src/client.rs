@@ -974,9 +974,11 @@ impl Client {
         if link.conn.as_ref().is_none_or(|c| c.close_sent()) {
             return PJ_EINVALIDOP;
         }
-        let mut buffered = link.buffered();
         // The mark bounds the bytes queued, frame headers included.
-        if buffered > 0 && buffered.saturating_add(masked_frame_len(data.len())) > max {
+        let frame = masked_frame_len(data.len());
+        let over_mark = |queued: usize| queued > 0 && queued.saturating_add(frame) > max;
+        let mut buffered = link.buffered();
+        if over_mark(buffered) {
             // A burst held back for coalescing goes out now rather than
             // make the sender wait for its deadline.
             if link.flush_deadline.is_none() || link.out_armed || link.write_err.is_some() {
@@ -987,7 +989,7 @@ impl Client {
                 return PJ_EBUSY;
             }
             buffered = link.buffered();
-            if buffered > 0 && buffered.saturating_add(masked_frame_len(data.len())) > max {
+            if over_mark(buffered) {
                 return PJ_EBUSY;
             }
         }
