@@ -144,14 +144,20 @@ def sh(cmd, default=""):
 
 
 CC_SYSCTL = "/proc/sys/net/ipv4/tcp_congestion_control"
-CC_DEFAULT = [""]  # the system's setting before --cc changed it
+CC_AVAILABLE = "/proc/sys/net/ipv4/tcp_available_congestion_control"
 
 
-def read_cc():
+def read_cc(path=CC_SYSCTL):
+    """The congestion control in use (with CC_AVAILABLE: those loaded)."""
     try:
-        return open(CC_SYSCTL).read().strip()
+        return open(path).read().strip()
     except OSError:
         return ""
+
+
+def write_cc(name):
+    with open(CC_SYSCTL, "w") as f:
+        f.write(name)
 
 
 class CongestionControl:
@@ -159,34 +165,33 @@ class CongestionControl:
     it afterwards (it is a system-wide setting; new sockets take it).
     Loopback has no fq qdisc, so a pacing algorithm such as BBR paces with
     the socket's own timers, which changes the kernel work each write
-    costs: the figures depend on it (bench/README.md)."""
+    costs: the figures depend on it (bench/README.md). `before` is the
+    system's setting."""
 
     def __init__(self, want):
-        self.want, self.before = want, read_cc()
-        CC_DEFAULT[0] = self.before
+        self.want, self.before, self.changed = want, read_cc(), False
 
     def __enter__(self):
         if not self.want or self.want == self.before:
             return self
-        avail = sh("cat /proc/sys/net/ipv4/tcp_available_congestion_control").split()
-        if self.want not in avail:
+        if self.want not in read_cc(CC_AVAILABLE).split():
             sh("modprobe tcp_%s" % self.want)
         try:
-            with open(CC_SYSCTL, "w") as f:
-                f.write(self.want)
+            write_cc(self.want)
         except OSError as e:
             raise SystemExit("--cc %s: cannot set %s (%s; root is needed)" % (self.want, CC_SYSCTL, e))
-        if read_cc() != self.want:
-            raise SystemExit("--cc %s: the kernel kept %s" % (self.want, read_cc()))
+        now = read_cc()
+        if now != self.want:
+            raise SystemExit("--cc %s: the kernel kept %s" % (self.want, now))
+        self.changed = True
         log("TCP congestion control: %s for this run (system default %s, restored at the end)" % (
             self.want, self.before))
         return self
 
     def __exit__(self, *exc):
-        if self.want and self.want != self.before and self.before:
+        if self.changed and self.before:
             try:
-                with open(CC_SYSCTL, "w") as f:
-                    f.write(self.before)
+                write_cc(self.before)
             except OSError as e:
                 log("! could not restore TCP congestion control %s: %s" % (self.before, e))
         return False
@@ -954,12 +959,13 @@ def main():
 
     # SIGTERM unwinds like Ctrl-C, so a --cc setting is restored.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    with CongestionControl(a.cc):
-        return run(a)
+    with CongestionControl(a.cc) as cc:
+        return run(a, cc.before)
 
 
-def run(a):
-    """The runs (or --smoke), under the congestion control chosen."""
+def run(a, cc_default):
+    """The runs (or --smoke), under the congestion control chosen;
+    `cc_default` is the system's setting."""
     profile = "smoke" if a.smoke else "release"
     bins = client_bins(profile)
     clients = [c for c in CLIENT_ORDER if os.path.exists(bins[c])]
@@ -976,7 +982,7 @@ def run(a):
     cpus = sorted(os.sched_getaffinity(0))
     srv_cpu, cli_cpu = (cpus[0], cpus[1]) if len(cpus) >= 2 and shutil.which("taskset") and not a.no_pin else (None, None)
     info = machine_info()
-    info["cc_default"] = CC_DEFAULT[0] or info["tcp_cc"]
+    info["cc_default"] = cc_default or info["tcp_cc"]
     info["pinning"] = ("server on CPU %d, client on CPU %d (taskset)" % (srv_cpu, cli_cpu)
                        if srv_cpu is not None else "none")
     extra = sys.argv[1:]
