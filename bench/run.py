@@ -480,6 +480,10 @@ def make_top(rec):
     p1, p2 = os.path.join(ROOT, f1), os.path.join(ROOT, rec["out_file"])
     if not (os.path.exists(p1) and os.path.exists(p2)):
         return None
+    # Profiles of a later run overwrite these paths: use them only if they
+    # are the ones this record counted.
+    if (callgrind_total(p1), callgrind_total(p2)) != (rec.get("ir1"), rec.get("ir2")):
+        return None
     rows = callgrind_top(p1, p2, rec["n1"], rec["n2"])
     if not rows:
         return None
