@@ -56,7 +56,10 @@ const SHED_AFTER: Duration = Duration::from_secs(1);
 const BURST_GAP_NS: u64 = 50_000;
 /// A burst is written once this much is queued (at most half the
 /// high-water mark, so a sender at the mark never waits for the deadline)...
-const COALESCE_BYTES: usize = 32 * 1024;
+const COALESCE_BYTES: usize = 128 * 1024;
+/// A message this large is written at once (with whatever is queued before
+/// it): holding it back saves no syscall worth the wait.
+const LARGE_FRAME: usize = 32 * 1024;
 /// ...or at the latest this long after its first unwritten message.
 const COALESCE_DELAY: Duration = Duration::from_micros(200);
 
@@ -1015,7 +1018,7 @@ impl Client {
             link.last_send = now;
             b
         };
-        if !burst || link.buffered() >= COALESCE_BYTES.min(max / 2) {
+        if !burst || frame >= LARGE_FRAME || link.buffered() >= COALESCE_BYTES.min(max / 2) {
             if let Err(e) = link.flush() {
                 self.defer_write_error(link, e);
             }
