@@ -1677,12 +1677,8 @@ impl Client {
                     }
                     if taken > 0 {
                         drop(g);
-                        for &(op, at, len) in &batch[..taken] {
-                            let data = Payload::Borrowed(&buf[at..at + len]);
-                            self.deliver(Deliver::Message(op, data));
-                            if self.is_destroyed() {
-                                break 'reads;
-                            }
+                        if !self.deliver_messages(&buf, &batch[..taken]) {
+                            break 'reads;
                         }
                         let Some(relocked) = self.lock_current(token) else {
                             break 'reads;
@@ -1962,59 +1958,89 @@ impl Client {
         }
     }
 
-    /// Invokes one application callback unless the instance was destroyed.
-    /// Returns an owned message buffer for reuse.
-    fn deliver(&self, d: Deliver<'_>) -> Option<Vec<u8>> {
+    /// Runs `f` (which calls application callbacks) through the gate:
+    /// not at all if the instance is destroyed (None). In pjlib mode
+    /// callbacks run without the group lock (as upstream's do), so they
+    /// may block on the application's own locks.
+    fn with_callbacks<R>(&self, f: impl FnOnce(*mut pj_websock) -> R) -> Option<R> {
         if !self.gate.enter() {
             return None;
         }
         crate::pjlib::register_thread();
-        // pjlib mode: callbacks run without the group lock (as upstream's
-        // do), so they may block on the application's own locks.
         if let Some(pj) = self.pj.as_ref() {
             pj.drv.unlock();
         }
-        let ws = self as *const Client as *mut pj_websock;
-        let mut back = None;
-        // SAFETY: the callbacks are the application's, called with a live
-        // instance and arguments valid for the duration of the call.
-        unsafe {
-            match d {
-                Deliver::Connect(status) => {
-                    if let Some(f) = self.cb.on_connect {
-                        f(ws, status);
-                    }
-                }
-                Deliver::Message(op, data) => {
-                    if let Some(f) = self.cb.on_rx_msg {
-                        let opc = if op == OpCode::Text {
-                            pj_websock_opcode::PJ_WEBSOCK_OP_TEXT
-                        } else {
-                            pj_websock_opcode::PJ_WEBSOCK_OP_BIN
-                        };
-                        let s = data.as_slice();
-                        f(ws, opc, s.as_ptr() as *const c_void, s.len());
-                    }
-                    if let Payload::Owned(v) = data {
-                        back = Some(v);
-                    }
-                }
-                Deliver::Close(code, reason) => {
-                    if let Some(f) = self.cb.on_close {
-                        let s = pj_str_t {
-                            ptr: reason.as_ptr() as *mut _,
-                            slen: reason.len() as pj_ssize_t,
-                        };
-                        f(ws, code, &s);
-                    }
-                }
-            }
-        }
+        let r = f(self as *const Client as *mut pj_websock);
         self.gate.leave();
         if let Some(pj) = self.pj.as_ref() {
             pj.drv.lock();
         }
-        back
+        Some(r)
+    }
+
+    /// Calls `on_rx_msg` (inside `with_callbacks`).
+    fn rx_msg(&self, ws: *mut pj_websock, op: OpCode, data: &[u8]) {
+        if let Some(f) = self.cb.on_rx_msg {
+            let opc = if op == OpCode::Text {
+                pj_websock_opcode::PJ_WEBSOCK_OP_TEXT
+            } else {
+                pj_websock_opcode::PJ_WEBSOCK_OP_BIN
+            };
+            // SAFETY: the application's callback, called with a live
+            // instance and a payload valid for the duration of the call.
+            unsafe { f(ws, opc, data.as_ptr() as *const c_void, data.len()) };
+        }
+    }
+
+    /// Invokes one application callback unless the instance was destroyed.
+    /// Returns an owned message buffer for reuse.
+    fn deliver(&self, d: Deliver<'_>) -> Option<Vec<u8>> {
+        self.with_callbacks(|ws| match d {
+            Deliver::Connect(status) => {
+                if let Some(f) = self.cb.on_connect {
+                    // SAFETY: the application's callback, with a live instance.
+                    unsafe { f(ws, status) };
+                }
+                None
+            }
+            Deliver::Message(op, data) => {
+                self.rx_msg(ws, op, data.as_slice());
+                match data {
+                    Payload::Owned(v) => Some(v),
+                    Payload::Borrowed(_) => None,
+                }
+            }
+            Deliver::Close(code, reason) => {
+                if let Some(f) = self.cb.on_close {
+                    let s = pj_str_t {
+                        ptr: reason.as_ptr() as *mut _,
+                        slen: reason.len() as pj_ssize_t,
+                    };
+                    // SAFETY: the application's callback, with a live
+                    // instance and a reason valid for the call.
+                    unsafe { f(ws, code, &s) };
+                }
+                None
+            }
+        })
+        .flatten()
+    }
+
+    /// Delivers whole data messages (opcode, offset, length) from `buf`,
+    /// in order, with one pass through the gate for all of them. False
+    /// once the instance is destroyed (the rest are not delivered).
+    fn deliver_messages(&self, buf: &[u8], batch: &[(OpCode, usize, usize)]) -> bool {
+        self.with_callbacks(|ws| {
+            for &(op, at, len) in batch {
+                // A callback may have destroyed the instance, or another
+                // thread may be waiting in destroy for this one to return.
+                if self.is_destroyed() {
+                    return;
+                }
+                self.rx_msg(ws, op, &buf[at..at + len]);
+            }
+        });
+        !self.is_destroyed()
     }
 
     // ----- pjlib mode: events from the application's polling threads ---
