@@ -57,11 +57,11 @@ const BURST_GAP_NS: u64 = 50_000;
 /// A burst is written once this much is queued (at most half the
 /// high-water mark, so a sender at the mark never waits for the deadline)...
 const COALESCE_BYTES: usize = 128 * 1024;
+/// ...or at the latest this long after its first unwritten message.
+const COALESCE_DELAY: Duration = Duration::from_micros(200);
 /// A message this large is written at once (with whatever is queued before
 /// it): holding it back saves no syscall worth the wait.
 const LARGE_FRAME: usize = 32 * 1024;
-/// ...or at the latest this long after its first unwritten message.
-const COALESCE_DELAY: Duration = Duration::from_micros(200);
 
 const EV_IN: u32 = (libc::EPOLLIN | libc::EPOLLRDHUP) as u32;
 const EV_OUT: u32 = libc::EPOLLOUT as u32;
