@@ -62,6 +62,12 @@ const COALESCE_DELAY: Duration = Duration::from_micros(200);
 /// A message this large is written at once (with whatever is queued before
 /// it): holding it back saves no syscall worth the wait.
 const LARGE_FRAME: usize = 32 * 1024;
+/// A sender in a burst yields its core once after a write when more than
+/// this is waiting unread in the socket: the loop thread has fallen behind.
+const RX_BACKLOG: usize = 1024 * 1024;
+/// How often senders yielded to the loop thread (tests).
+#[cfg(test)]
+pub(crate) static SENDER_YIELDS: AtomicUsize = AtomicUsize::new(0);
 
 const EV_IN: u32 = (libc::EPOLLIN | libc::EPOLLRDHUP) as u32;
 const EV_OUT: u32 = libc::EPOLLOUT as u32;
@@ -129,6 +135,14 @@ impl Sock {
         match self {
             Sock::Os(s) => s.read(buf),
             Sock::Pj(p) => p.read(buf),
+        }
+    }
+
+    /// Bytes waiting unread (own loop only; 0 in pjlib mode).
+    fn unread(&self) -> usize {
+        match self {
+            Sock::Os(s) => s.unread(),
+            Sock::Pj(_) => 0,
         }
     }
 
@@ -1018,15 +1032,49 @@ impl Client {
             link.last_send = now;
             b
         };
+        let mut behind = false;
         if !burst || frame >= LARGE_FRAME || link.buffered() >= COALESCE_BYTES.min(max / 2) {
             if let Err(e) = link.flush() {
                 self.defer_write_error(link, e);
             }
+            behind = burst && frame < LARGE_FRAME && self.loop_behind(link);
         } else if link.flush_deadline.is_none() {
             link.flush_deadline = Some(Instant::now() + COALESCE_DELAY);
             self.rearm(link);
         }
+        if behind {
+            // A sender sharing a core with the loop thread can keep it for
+            // milliseconds while megabytes of replies pile up unread (and
+            // leave the caches): let the loop catch up now. Elsewhere the
+            // loop runs on its own core and this returns at once.
+            drop(g);
+            #[cfg(test)]
+            SENDER_YIELDS.fetch_add(1, Ordering::Relaxed);
+            // SAFETY: no preconditions.
+            unsafe { libc::sched_yield() };
+        }
         PJ_SUCCESS
+    }
+
+    /// The connection's socket (own loop), for tests to tune.
+    #[cfg(test)]
+    pub(crate) fn socket_fd(&self) -> Option<std::os::fd::RawFd> {
+        match lock(&self.inner).link.as_ref()?.sock.as_ref()? {
+            (Sock::Os(s), _) => Some(s.fd()),
+            (Sock::Pj(_), _) => None,
+        }
+    }
+
+    /// On a sending thread with the own loop running on its own thread:
+    /// has the loop fallen behind reading this connection?
+    fn loop_behind(&self, link: &Link) -> bool {
+        self.pj.is_none()
+            && evloop::try_get()
+                .is_some_and(|lp| lp.mode() == evloop::Mode::Thread && !lp.on_loop_thread())
+            && link
+                .sock
+                .as_ref()
+                .is_some_and(|(s, _)| s.unread() > RX_BACKLOG)
     }
 
     /// A write failed on an API thread: let the loop end the connection.

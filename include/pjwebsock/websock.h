@@ -628,7 +628,10 @@ pj_status_t pj_websock_connect(struct pj_websock *ws,
 #if !defined(__PJLIB_UTIL_WEBSOCK_H__)
 /**
  * Queues one message and returns at once; it is copied, so `data` may be
- * reused immediately. Messages leave in call order.
+ * reused immediately. Messages leave in call order. (One exception to
+ * "at once": with the library's own loop thread, a sender in a burst of
+ * sends yields its CPU once after a write if more than 1 MiB of incoming
+ * data waits unread, so that a loop thread sharing the core catches up.)
  *
  * `opcode` is `PJ_WEBSOCK_OP_TEXT` (valid UTF-8), `PJ_WEBSOCK_OP_BIN`, or
  * `PJ_WEBSOCK_OP_PING` / `PJ_WEBSOCK_OP_PONG` (at most 125 bytes). `data`

@@ -205,6 +205,18 @@ impl Socket {
         recv(self.fd, buf)
     }
 
+    /// Bytes received and not yet read (FIONREAD); 0 if unknown.
+    pub fn unread(&self) -> usize {
+        let mut n: libc::c_int = 0;
+        // SAFETY: valid fd; FIONREAD writes one int to valid storage.
+        let r = unsafe { libc::ioctl(self.fd, libc::FIONREAD, &mut n) };
+        if r < 0 {
+            0
+        } else {
+            n.max(0) as usize
+        }
+    }
+
     /// Reads into memory that need not be initialised.
     pub fn read_uninit(&self, buf: &mut [std::mem::MaybeUninit<u8>]) -> io::Result<usize> {
         // SAFETY: buf is valid for writes of buf.len() bytes.
@@ -275,5 +287,24 @@ mod tests {
                 "{addr}"
             );
         }
+    }
+
+    #[test]
+    fn unread_counts_received_bytes_until_read() {
+        use std::io::Write;
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let (s, _) = Socket::connect(&l.local_addr().unwrap()).unwrap();
+        let (mut peer, _) = l.accept().unwrap();
+        assert_eq!(s.unread(), 0);
+        peer.write_all(&[7u8; 5000]).unwrap();
+        let t = std::time::Instant::now();
+        while s.unread() < 5000 {
+            assert!(t.elapsed().as_secs() < 10, "{} bytes unread", s.unread());
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert_eq!(s.unread(), 5000);
+        let mut buf = [0u8; 3000];
+        assert_eq!(s.read(&mut buf).unwrap(), 3000);
+        assert_eq!(s.unread(), 2000);
     }
 }
