@@ -803,6 +803,7 @@ mod tests {
 
     /// An instance on the own loop, without pings, with the callbacks
     /// `set` puts in its parameters.
+    #[cfg(not(pjws_have_pj_websock))]
     fn create_with(set: impl FnOnce(&mut pj_websock_cb)) -> *mut pj_websock {
         let mut p = std::mem::MaybeUninit::<pj_websock_param>::uninit();
         let mut ws = std::ptr::null_mut();
@@ -821,6 +822,7 @@ mod tests {
     }
 
     /// Test peer: reads an upgrade request from `s`; returns its key.
+    #[cfg(not(pjws_have_pj_websock))]
     fn read_upgrade_request(s: &mut std::net::TcpStream) -> String {
         use std::io::Read;
         let mut req = vec![];
@@ -837,6 +839,7 @@ mod tests {
     }
 
     /// Test peer: reads an upgrade request from `s` and answers 101.
+    #[cfg(not(pjws_have_pj_websock))]
     fn accept_upgrade(s: &mut std::net::TcpStream) {
         use std::io::Write;
         let key = read_upgrade_request(s);
