@@ -138,14 +138,6 @@ impl Sock {
         }
     }
 
-    /// Bytes waiting unread (own loop only; 0 in pjlib mode).
-    fn unread(&self) -> usize {
-        match self {
-            Sock::Os(s) => s.unread(),
-            Sock::Pj(_) => 0,
-        }
-    }
-
     fn writev(&mut self, iov: &[libc::iovec]) -> std::io::Result<usize> {
         match self {
             Sock::Os(s) => s.writev(iov),
@@ -1068,13 +1060,12 @@ impl Client {
     /// On a sending thread with the own loop running on its own thread:
     /// has the loop fallen behind reading this connection?
     fn loop_behind(&self, link: &Link) -> bool {
-        self.pj.is_none()
-            && evloop::try_get()
-                .is_some_and(|lp| lp.mode() == evloop::Mode::Thread && !lp.on_loop_thread())
-            && link
-                .sock
-                .as_ref()
-                .is_some_and(|(s, _)| s.unread() > RX_BACKLOG)
+        let Some((Sock::Os(s), _)) = link.sock.as_ref() else {
+            return false; // pjlib mode: the application's threads read
+        };
+        evloop::try_get()
+            .is_some_and(|lp| lp.mode() == evloop::Mode::Thread && !lp.on_loop_thread())
+            && s.unread() > RX_BACKLOG
     }
 
     /// A write failed on an API thread: let the loop end the connection.

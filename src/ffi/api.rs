@@ -1165,6 +1165,7 @@ mod tests {
         const FLOOD: usize = 64; // messages from the peer...
         const BIG: usize = 64 * 1024; // ...of this size: 4 MiB
         const SMALL: usize = 640;
+        const SENDS: usize = 2000; // of this size, 1.3 MB in all
         static CONNECTED: AtomicI64 = AtomicI64::new(i64::MIN);
         static HOLD: AtomicBool = AtomicBool::new(true);
         static RX: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
@@ -1264,28 +1265,21 @@ mod tests {
             "receive buffer {got} bytes: too small for a 1 MiB backlog \
              (net.core.rmem_max too low and no CAP_NET_ADMIN)"
         );
-        let unread = || {
-            let mut n: libc::c_int = 0;
-            // SAFETY: valid fd, FIONREAD writes one int.
-            unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) };
-            n as usize
-        };
+        let unread = || crate::net::sock::unread(fd);
         wait("1 MiB unread", &|| unread() > 1024 * 1024);
 
         let before = SENDER_YIELDS.load(Ordering::SeqCst);
         let msg = [0x5au8; SMALL];
-        let mut sent = 0usize;
-        while sent < 2000 {
+        for i in 0..SENDS {
             // SAFETY: live instance, valid buffer.
             let st = unsafe { pj_websock_send(ws, 2, msg.as_ptr().cast(), SMALL as pj_size_t) };
-            assert_eq!(st, PJ_SUCCESS, "send {sent}");
-            sent += 1;
+            assert_eq!(st, PJ_SUCCESS, "send {i}");
         }
         let yields = SENDER_YIELDS.load(Ordering::SeqCst) - before;
         HOLD.store(false, Ordering::SeqCst);
         assert!(
             yields > 0,
-            "{sent} sends with {} bytes unread: no yield",
+            "{SENDS} sends with {} bytes unread: no yield",
             unread()
         );
 
@@ -1300,6 +1294,6 @@ mod tests {
         );
         // SAFETY: live instance, destroyed once.
         assert_eq!(unsafe { pj_websock_destroy(ws) }, PJ_SUCCESS);
-        assert_eq!(server.join().unwrap(), sent * masked_frame_len(SMALL));
+        assert_eq!(server.join().unwrap(), SENDS * masked_frame_len(SMALL));
     }
 }

@@ -74,6 +74,19 @@ pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     unsafe { recv_into(fd, buf.as_mut_ptr(), buf.len()) }
 }
 
+/// Bytes received on a socket fd and not yet read (FIONREAD); 0 if
+/// unknown.
+pub fn unread(fd: RawFd) -> usize {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int to valid storage (a bad fd fails).
+    let r = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) };
+    if r < 0 {
+        0
+    } else {
+        n.max(0) as usize
+    }
+}
+
 /// `recv` into `len` bytes at `ptr`, which need not be initialised.
 ///
 /// # Safety
@@ -205,16 +218,9 @@ impl Socket {
         recv(self.fd, buf)
     }
 
-    /// Bytes received and not yet read (FIONREAD); 0 if unknown.
+    /// Bytes received and not yet read; 0 if unknown.
     pub fn unread(&self) -> usize {
-        let mut n: libc::c_int = 0;
-        // SAFETY: valid fd; FIONREAD writes one int to valid storage.
-        let r = unsafe { libc::ioctl(self.fd, libc::FIONREAD, &mut n) };
-        if r < 0 {
-            0
-        } else {
-            n.max(0) as usize
-        }
+        unread(self.fd)
     }
 
     /// Reads into memory that need not be initialised.
