@@ -40,8 +40,17 @@ PJ = "libpjwebsock"
 # loop in pj_websock_poll(), as every peer runs its own event loop).
 PJP = "libpjwebsock-poll"
 OWN = (PJ, PJP)
-CLIENT_ORDER = [PJ, PJP, "tokio-tungstenite", "libwebsockets", "boost-beast"]
+# Not a peer: raw sockets and no WebSocket library, the kernel's share of
+# the fanout workload (what any client pays; see bench/README.md, "Floor").
+FLOOR = "raw-sockets"
+CLIENT_ORDER = [PJ, PJP, "tokio-tungstenite", "libwebsockets", "boost-beast", FLOOR]
 CLIENT_ENV = {PJP: {"PJWS_LOOP": "poll"}}
+# Clients that run only some workloads (the others run all of them).
+CLIENT_WORKLOADS = {FLOOR: ("fanout",)}
+
+
+def runs_workload(client, name):
+    return name in CLIENT_WORKLOADS.get(client, (name,))
 
 
 def client_env(client):
@@ -59,6 +68,7 @@ def client_bins(profile):
         "tokio-tungstenite": os.path.join(tdir, "tungstenite-client"),
         "libwebsockets": os.path.join(cdir, "lws-client"),
         "boost-beast": os.path.join(cdir, "beast-client"),
+        FLOOR: os.path.join(cdir, "raw-client"),
     }
 
 
@@ -599,7 +609,7 @@ def clients_in(records):
 def best_peer(summ, name, key, higher, clients):
     best = None
     for c in clients:
-        if c in OWN:
+        if c in OWN or c == FLOOR:
             continue
         s = summ.get((name, c), {}).get(key)
         if s and (best is None or (s[0] > best[0] if higher else s[0] < best[0])):
@@ -610,7 +620,7 @@ def best_peer(summ, name, key, higher, clients):
 def write_report(records, info, path, jsonl_path, argv):
     summ = summarize(records)
     clients = clients_in(records)
-    peers = [c for c in clients if c not in OWN]
+    peers = [c for c in clients if c not in OWN and c != FLOOR]
     own = [c for c in clients if c in OWN]
     names = []
     for r in records:
@@ -788,7 +798,7 @@ def write_report(records, info, path, jsonl_path, argv):
     def no_worse(o, name, key, higher, against_best=True):
         """Better median or overlapping ranges than the best peer (or every peer)."""
         pj = summ.get((name, o), {}).get(key)
-        others = [c for c in clients if c not in OWN and summ.get((name, c), {}).get(key)]
+        others = [c for c in peers if summ.get((name, c), {}).get(key)]
         if against_best:
             bp = best_peer(summ, name, key, higher, clients)
             others = [bp[1]] if bp else []
@@ -861,6 +871,15 @@ def write_report(records, info, path, jsonl_path, argv):
         row("UTF-8 validation ≥ 2 GB/s (%s text, streamed in 4 KiB pieces)" % kind.replace("_", " "),
             [("%.1f GB/s" % gbs if gbs else "–", None if gbs is None else gbs >= 2.0)] * len(own))
     L.append("")
+    fl = summ.get(("fanout", FLOOR), {}).get("cpu_us_per_msg")
+    bp = best_peer(summ, "fanout", "cpu_us_per_msg", False, clients)
+    if fl and bp:
+        L.append("Fanout floor: the `%s` client (no WebSocket library: one send() per frame, one recv() per "
+                 "readiness, one epoll thread) used %s µs of CPU per message, %.2f× the best peer's %s (%s). "
+                 "That is the kernel's share, paid by every client; %s.\n" % (
+                     FLOOR, cell(fl), fl[0] / bp[0], fmt(bp[0]), bp[1], "; ".join(
+                         "%s used %.2f× the floor" % (o, summ[("fanout", o)]["cpu_us_per_msg"][0] / fl[0])
+                         for o in own if summ.get(("fanout", o), {}).get("cpu_us_per_msg"))))
 
     # Where the instructions go
     tops = [r for r in records if r.get("kind") == "callgrind_top" and "n1" in r]
@@ -921,10 +940,16 @@ def write_report(records, info, path, jsonl_path, argv):
         L.append("- **Boost.Beast** (`bench/clients/beast_client.cpp`): one `io_context` on the main thread, "
                  "`websocket::stream<tcp_stream>` with `async_write` / `async_read` into a `flat_buffer`, "
                  "one write in flight at a time (Beast's rule), TCP_NODELAY set on the socket.")
+    if FLOOR in clients:
+        L.append("- **raw-sockets** (`bench/clients/raw_client.c`, fanout only; a reference, not a peer): no "
+                 "WebSocket library; one thread, one epoll set, a hand-written upgrade, each frame built and "
+                 "masked in place and sent with one `send()`, one `recv()` per readiness, echoes checked like "
+                 "every client's.")
     L.append("- **Echo server** (`bench/server`): tokio current-thread, frame-level echo (each frame's "
              "payload unmasked straight into the output, whole reads answered by one write), TCP_NODELAY, "
              "backlog 8192, pinned to its own core; checks mask bit, RSV, opcodes, control frames and "
-             "fragmentation and logs violations, which fail the run.")
+             "fragmentation and logs violations, which fail the run; wss:// through OpenSSL with Mozilla's "
+             "intermediate v5 settings (TLS 1.2 and 1.3, the client's cipher choice).")
     L.append("")
     with open(path, "w") as f:
         f.write("\n".join(L))
@@ -1034,6 +1059,8 @@ def run(a, cc_default):
             for wl in workloads:
                 args = merge_args(wl["args"], wl["smoke"]) if a.smoke else wl["args"]
                 for c in order:
+                    if not runs_workload(c, wl["name"]):
+                        continue
                     srv = servers[bool(wl.get("tls"))]
                     srv.ensure()
                     rec = run_client(c, bins[c], wl, args, srv, cli_cpu, timeout, cert, rep)
@@ -1059,7 +1086,7 @@ def run(a, cc_default):
                     continue
                 n1, n2 = cg["smoke_n"] if a.smoke else cg["n"]
                 for c in cg_clients:
-                    if c not in clients:
+                    if c not in clients or not runs_workload(c, cg["name"]):
                         continue
                     servers[False].ensure()
                     rec = run_callgrind(c, bins[c], cg, n1, n2, servers[False], cli_cpu, cg_dir,
@@ -1084,7 +1111,9 @@ def run(a, cc_default):
             bad.start()
             try:
                 for c in clients:
-                    for wl in [w for w in WORKLOADS if w["name"] in ("stream", "bulk-60KiB")]:
+                    checked = [w for w in WORKLOADS if w["name"] in ("stream", "bulk-60KiB") and
+                               runs_workload(c, w["name"])]
+                    for wl in checked or [w for w in WORKLOADS if runs_workload(c, w["name"])][:1]:
                         rec = run_client(c, bins[c], wl, merge_args(wl["args"], wl["smoke"]), bad, cli_cpu, 60, cert,
                                          0)
                         caught = not rec.get("ok") and "echo" in rec.get("error", "")

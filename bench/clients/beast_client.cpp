@@ -324,12 +324,7 @@ static int run_until(net::io_context &ioc, const std::function<bool()> &pred, do
 
 static void report_head()
 {
-    json_begin();
-    json_str("client", "boost-beast");
-    json_str("workload", A.workload);
-    json_str("url", A.url);
-    json_num("n", (double)A.n);
-    json_num("size", (double)A.size);
+    json_head("boost-beast", &A);
 }
 
 static int report_tail()

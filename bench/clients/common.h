@@ -491,6 +491,17 @@ BENCH_UNUSED static void json_end(void)
     fflush(stdout);
 }
 
+/* Starts the JSON line with the fields every run reports. */
+BENCH_UNUSED static void json_head(const char *client, const bench_args *a)
+{
+    json_begin();
+    json_str("client", client);
+    json_str("workload", a->workload);
+    json_str("url", a->url);
+    json_num("n", (double)a->n);
+    json_num("size", (double)a->size);
+}
+
 /* Common fields of an interval measurement: n messages of `size` bytes
  * from t0 to t1, process CPU cpu0..cpu1, server CPU srv0..srv1. */
 BENCH_UNUSED static void json_interval(long n, long size, uint64_t t0, uint64_t t1, uint64_t cpu0,

@@ -329,12 +329,7 @@ static int open_all(conn_t *cs, long first, long n, double timeout_s)
 
 static void report_head(void)
 {
-    json_begin();
-    json_str("client", "libwebsockets");
-    json_str("workload", A.workload);
-    json_str("url", A.url);
-    json_num("n", (double)A.n);
-    json_num("size", (double)A.size);
+    json_head("libwebsockets", &A);
 }
 
 static int report_tail(void)

@@ -340,12 +340,7 @@ static void send_or_wait(pj_websock *ws, const uint8_t *buf, size_t len, long *e
 
 static void report_head(void)
 {
-    json_begin();
-    json_str("client", "libpjwebsock");
-    json_str("workload", A.workload);
-    json_str("url", A.url);
-    json_num("n", (double)A.n);
-    json_num("size", (double)A.size);
+    json_head("libpjwebsock", &A);
 }
 
 static int report_tail(void)
