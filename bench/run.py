@@ -53,6 +53,10 @@ def runs_workload(client, name):
     return name in CLIENT_WORKLOADS.get(client, (name,))
 
 
+def is_peer(client):
+    return client not in OWN and client != FLOOR
+
+
 def client_env(client):
     env = dict(os.environ)
     env.update(CLIENT_ENV.get(client, {}))
@@ -608,9 +612,7 @@ def clients_in(records):
 
 def best_peer(summ, name, key, higher, clients):
     best = None
-    for c in clients:
-        if c in OWN or c == FLOOR:
-            continue
+    for c in filter(is_peer, clients):
         s = summ.get((name, c), {}).get(key)
         if s and (best is None or (s[0] > best[0] if higher else s[0] < best[0])):
             best = (s[0], c)
@@ -620,7 +622,7 @@ def best_peer(summ, name, key, higher, clients):
 def write_report(records, info, path, jsonl_path, argv):
     summ = summarize(records)
     clients = clients_in(records)
-    peers = [c for c in clients if c not in OWN and c != FLOOR]
+    peers = [c for c in clients if is_peer(c)]
     own = [c for c in clients if c in OWN]
     names = []
     for r in records:
@@ -1111,9 +1113,8 @@ def run(a, cc_default):
             bad.start()
             try:
                 for c in clients:
-                    checked = [w for w in WORKLOADS if w["name"] in ("stream", "bulk-60KiB") and
-                               runs_workload(c, w["name"])]
-                    for wl in checked or [w for w in WORKLOADS if runs_workload(c, w["name"])][:1]:
+                    checked = CLIENT_WORKLOADS.get(c, ("stream", "bulk-60KiB"))
+                    for wl in [w for w in WORKLOADS if w["name"] in checked]:
                         rec = run_client(c, bins[c], wl, merge_args(wl["args"], wl["smoke"]), bad, cli_cpu, 60, cert,
                                          0)
                         caught = not rec.get("ok") and "echo" in rec.get("error", "")

@@ -72,7 +72,9 @@ static int open_conn(conn_t *c, const struct sockaddr_in *sa, const char *host, 
     }
     if (strncmp(head, "HTTP/1.1 101", 12) || !strstr(head, ACCEPT_FOR_KEY))
         return fail("upgrade refused: %.80s", head);
-    return fcntl(c->fd, F_SETFL, O_NONBLOCK);
+    if (fcntl(c->fd, F_SETFL, O_NONBLOCK) != 0)
+        return fail("fcntl: %s", strerror(errno));
+    return 0;
 }
 
 /* Frame `seq` of A.size bytes, client-masked with a fresh key; returns its length. */
@@ -112,13 +114,13 @@ static long take_echoes(conn_t *c, long idx, const uint64_t *sent_at, hist_t *la
         if (avail < 2)
             break;
         size_t plen = p[1] & 0x7F, h = 2;
+        if (plen == 127 || (p[1] & 0x80))
+            return fail("connection %ld: unexpected frame header %02x %02x", idx, p[0], p[1]);
         if (plen == 126) {
             if (avail < 4)
                 break;
             plen = (size_t)p[2] << 8 | p[3];
             h = 4;
-        } else if (plen == 127 || (p[1] & 0x80)) {
-            return fail("connection %ld: unexpected frame header %02x %02x", idx, p[0], p[1]);
         }
         if (avail < h + plen)
             break;
@@ -148,30 +150,26 @@ static int run_fanout(conn_t *cs, long C, int ep, hist_t *lat, uint64_t *sent_at
     *t0 = start;
     while (echoes < total) {
         uint64_t t = now_ns();
-        /* Frames due now go out back to back, as in every client. */
-        while (k < K) {
-            uint64_t due = start + (uint64_t)k * period + FANOUT_OFFSET_NS((uint64_t)c, period, (uint64_t)C);
-            if (t < due)
-                break;
-            if (t - due > *late_max)
-                *late_max = t - due;
-            size_t n = build_frame(frame, ((uint64_t)c << 32) | (uint64_t)k, &rng);
-            sent_at[c * K + k] = t;
-            /* A 646-byte frame every 20 ms never fills a socket buffer. */
-            if (send(cs[c].fd, frame, n, 0) != (ssize_t)n)
-                return fail("send: %s", strerror(errno));
-            if (++c == C) {
-                c = 0;
-                k++;
-            }
-            t = now_ns();
-        }
         struct timespec ts = {10, 0};
         if (k < K) {
             uint64_t due = start + (uint64_t)k * period + FANOUT_OFFSET_NS((uint64_t)c, period, (uint64_t)C);
-            uint64_t w = due > t ? due - t : 0;
-            ts.tv_sec = (time_t)(w / 1000000000ull);
-            ts.tv_nsec = (long)(w % 1000000000ull);
+            if (t >= due) {
+                /* Frames due now go out back to back, as in every client. */
+                if (t - due > *late_max)
+                    *late_max = t - due;
+                size_t n = build_frame(frame, ((uint64_t)c << 32) | (uint64_t)k, &rng);
+                sent_at[c * K + k] = t;
+                /* A 646-byte frame every 20 ms never fills a socket buffer. */
+                if (send(cs[c].fd, frame, n, 0) != (ssize_t)n)
+                    return fail("send: %s", strerror(errno));
+                if (++c == C) {
+                    c = 0;
+                    k++;
+                }
+                continue;
+            }
+            ts.tv_sec = (time_t)((due - t) / 1000000000ull);
+            ts.tv_nsec = (long)((due - t) % 1000000000ull);
         }
         int n = epoll_pwait2(ep, ev, 64, &ts, NULL);
         if (n < 0 && errno != EINTR)
