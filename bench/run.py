@@ -255,6 +255,58 @@ def machine_info():
 
 # ---- echo server --------------------------------------------------------------
 
+def server_drain_selftest(port, total=200 << 20, frame=64 << 10, timeout=30):
+    """The echo server keeps reading a client that does not read its
+    echoes (see write_out in server/src/main.rs): `total` bytes of masked
+    binary frames go out without a single read, which a server that stopped
+    reading while its write was blocked would not take (the kernel buffers
+    on both sides hold far less); then every echo is read back and checked.
+    Returns None, or what went wrong."""
+    import base64
+    import socket
+    import struct
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    try:
+        key = base64.b64encode(os.urandom(16)).decode()
+        s.sendall(("GET /drain HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUpgrade: websocket\r\n"
+                   "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                   % (port, key)).encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = s.recv(4096)
+            if not chunk:
+                return "connection closed during the handshake"
+            head += chunk
+        if not head.startswith(b"HTTP/1.1 101"):
+            return "handshake refused: %r" % head[:80]
+        rest = head[head.index(b"\r\n\r\n") + 4:]
+        # A zero masking key leaves the payload as it is on the wire.
+        payload = bytes(range(256)) * (frame // 256)
+        wire = bytes([0x82, 0xFF]) + struct.pack(">Q", frame) + b"\0\0\0\0" + payload
+        n = total // frame
+        try:
+            for _ in range(n):
+                s.sendall(wire)
+        except socket.timeout:
+            return "the server stopped reading: %d MiB could not be sent without reading" % (total >> 20)
+        echo = bytes([0x82, 0x7F]) + struct.pack(">Q", frame) + payload
+        buf = bytearray(rest)
+        for i in range(n):
+            while len(buf) < len(echo):
+                chunk = s.recv(1 << 20)
+                if not chunk:
+                    return "connection closed after %d of %d echoes" % (i, n)
+                buf += chunk
+            if buf[:len(echo)] != echo:
+                return "echo %d differs" % i
+            del buf[:len(echo)]
+        return None
+    except OSError as e:
+        return "socket error: %s" % e
+    finally:
+        s.close()
+
+
 class Server:
     def __init__(self, binary, cpu, tls=None, logdir=BUILD, extra=()):
         self.binary, self.cpu, self.tls, self.extra = binary, cpu, tls, list(extra)
@@ -951,7 +1003,9 @@ def write_report(records, info, path, jsonl_path, argv):
              "payload unmasked straight into the output, whole reads answered by one write), TCP_NODELAY, "
              "backlog 8192, pinned to its own core; checks mask bit, RSV, opcodes, control frames and "
              "fragmentation and logs violations, which fail the run; wss:// through OpenSSL with Mozilla's "
-             "intermediate v5 settings (TLS 1.2 and 1.3, the client's cipher choice).")
+             "intermediate v5 settings (TLS 1.2 and 1.3, the client's cipher choice). A write blocked for "
+             "10 ms makes it read what waits unread and echo it afterwards (see bench/README.md; only "
+             "Boost.Beast's stream workload gets there).")
     L.append("")
     with open(path, "w") as f:
         f.write("\n".join(L))
@@ -1127,6 +1181,13 @@ def run(a, cc_default):
                             failures.append("self-test %s / %s: corrupted echo not detected" % (wl["name"], c))
             finally:
                 bad.stop()
+            servers[False].ensure()
+            err = server_drain_selftest(servers[False].port)
+            emit(dict(kind="selftest", client="echo-server", name="drain", ok=err is None, error=err or ""))
+            log("self-test %-15s %-18s %s" % ("drain", "echo-server", "200 MiB taken unread, every echo checked"
+                                              if err is None else "FAILED: " + err))
+            if err is not None:
+                failures.append("self-test drain / echo-server: " + err)
     finally:
         for s in servers.values():
             s.stop()

@@ -15,6 +15,10 @@
 //! logged on stderr and answered with close 1002. Pings get pongs, a close
 //! frame is echoed and the server then closes TCP (as RFC 6455 §7.1.1 asks).
 //!
+//! A write that stays blocked for 10 ms makes it read what waits unread
+//! into its read buffer (`write_out`), so that a client flooding small
+//! segments cannot stall the connection.
+//!
 //! Single-threaded (tokio current_thread runtime), meant to be pinned to one
 //! core with `taskset`. TCP_NODELAY on every accepted socket, listen backlog
 //! 8192 by default (the kernel caps it at net.core.somaxconn), RLIMIT_NOFILE
@@ -28,7 +32,9 @@
 
 use std::io::{self, Write};
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
+use std::time::Duration;
 
 use openssl::error::ErrorStack;
 use openssl::ssl::{Ssl, SslAcceptor, SslFiletype, SslMethod};
@@ -40,6 +46,11 @@ const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 const MIN_BUF: usize = 4096;
 const MAX_BUF: usize = 256 * 1024;
 const MAX_HEAD: usize = 16 * 1024;
+/// How long a write may stay blocked before what waits unread is drained
+/// into the read buffer...
+const DRAIN_CHECK: Duration = Duration::from_millis(10);
+/// ...up to this much (a client that never reads its echoes).
+const MAX_DRAINED: usize = 256 * 1024 * 1024;
 
 struct Args {
     listen: SocketAddr,
@@ -159,8 +170,9 @@ async fn serve(args: Args) -> io::Result<()> {
         let _ = s.set_nodelay(true);
         let acc = acceptor.clone();
         tokio::spawn(async move {
+            let fd = s.as_raw_fd();
             let r = match acc {
-                None => echo_conn(s, corrupt).await,
+                None => echo_conn(s, fd, corrupt).await,
                 Some(a) => match tls_accept(&a, s).await {
                     Ok(t) => {
                         if verbose {
@@ -171,7 +183,7 @@ async fn serve(args: Args) -> io::Result<()> {
                                 ssl.current_cipher().map_or("?", |c| c.name())
                             );
                         }
-                        echo_conn(t, corrupt).await
+                        echo_conn(t, fd, corrupt).await
                     }
                     Err(e) => Err(io::Error::other(format!("TLS accept: {e}"))),
                 },
@@ -346,7 +358,7 @@ impl Echo {
                 self.off += n;
                 self.rem -= n as u64;
                 i += n;
-                if self.rem == 0 && self.corrupt != 0 && self.frames % self.corrupt == 0 {
+                if self.rem == 0 && self.corrupt != 0 && self.frames.is_multiple_of(self.corrupt) {
                     if let Some(b) = out.last_mut() {
                         *b ^= 1;
                     }
@@ -435,7 +447,62 @@ impl Echo {
     }
 }
 
-async fn echo_conn<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, corrupt: u64) -> io::Result<()> {
+/// Bytes received on `fd` and not read yet.
+fn unread(fd: RawFd) -> usize {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int.
+    if unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) } < 0 {
+        return 0;
+    }
+    n.max(0) as usize
+}
+
+/// Writes all of `out`. While the client's window keeps the write
+/// blocked, what it sent meanwhile is read into `buf` (and later echoed)
+/// rather than left in the kernel: an echo server that stops
+/// reading whenever its write blocks lets a flood of small segments fill
+/// its receive queue until the kernel prunes it and drops segments, and
+/// then both directions of the connection can stall for good (see
+/// bench/README.md). Normally the write completes first and nothing
+/// changes. True when data was read into `buf`.
+async fn write_out<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    fd: RawFd,
+    out: &[u8],
+    buf: &mut Vec<u8>,
+) -> io::Result<bool> {
+    let mut sent = 0;
+    let mut drained = false;
+    while sent < out.len() {
+        match tokio::time::timeout(DRAIN_CHECK, s.write(&out[sent..])).await {
+            Ok(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(Ok(n)) => sent += n,
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                // Blocked for DRAIN_CHECK: take what waits unread now.
+                let mut want = unread(fd);
+                while want > 0 && buf.len() < MAX_DRAINED {
+                    buf.reserve(MAX_BUF);
+                    match tokio::time::timeout(DRAIN_CHECK, s.read_buf(buf)).await {
+                        Ok(Ok(0)) | Err(_) => break,
+                        Ok(Ok(n)) => {
+                            drained = true;
+                            want = want.saturating_sub(n);
+                        }
+                        Ok(Err(e)) => return Err(e),
+                    }
+                }
+            }
+        }
+    }
+    Ok(drained)
+}
+
+async fn echo_conn<S: AsyncRead + AsyncWrite + Unpin>(
+    mut s: S,
+    fd: RawFd,
+    corrupt: u64,
+) -> io::Result<()> {
     let mut buf: Vec<u8> = Vec::with_capacity(MIN_BUF);
     let head_len = loop {
         if let Some(p) = find(&buf, b"\r\n\r\n") {
@@ -481,8 +548,9 @@ async fn echo_conn<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, corrupt: u64) ->
             }
         };
         buf.drain(..used);
+        let mut drained = false;
         if !out.is_empty() {
-            s.write_all(&out).await?;
+            drained = write_out(&mut s, fd, &out, &mut buf).await?;
             out.clear();
             if out.capacity() > 2 * MAX_BUF {
                 out.shrink_to(MAX_BUF);
@@ -493,10 +561,13 @@ async fn echo_conn<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, corrupt: u64) ->
             let _ = s.shutdown().await;
             return Ok(());
         }
+        if drained {
+            continue; // echo what was drained before reading more
+        }
         // Grow the read buffer while reads fill it (bulk traffic), up to
         // MAX_BUF; idle connections keep a small one.
         let n = {
-            buf.reserve(cap - buf.len());
+            buf.reserve(cap.saturating_sub(buf.len()));
             s.read_buf(&mut buf).await?
         };
         if n == 0 {
