@@ -548,6 +548,9 @@ async fn echo_conn<S: AsyncRead + AsyncWrite + Unpin>(
             }
         };
         buf.drain(..used);
+        if buf.capacity() > 2 * MAX_BUF && buf.len() <= MAX_BUF {
+            buf.shrink_to(MAX_BUF); // after a drain
+        }
         let mut drained = false;
         if !out.is_empty() {
             drained = write_out(&mut s, fd, &out, &mut buf).await?;
