@@ -1561,6 +1561,54 @@ out:
     tctx_free(&c);
 }
 
+/* Many small records arriving together (with the 101 response, in one TCP
+ * write) are read ahead by the library: every message must be delivered,
+ * in order, without another socket event (the server sends nothing more). */
+static void case_burst(t_case *tc, void *arg)
+{
+    (void)arg;
+    enum { COUNT = 3000, SIZE = 200 };
+    int port;
+    char url[256];
+    tctx c;
+    tctx_init(&c);
+    if (!need_env(tc) || (port = port_of(tc, "RAW")) < 0)
+        goto out;
+    snprintf(url, sizeof(url), "wss://localhost:%d/burst?count=%d&size=%d", port, COUNT, SIZE);
+    tls_opts o = with_ca();
+    if (!tls_open(tc, &c, url, &o))
+        goto out;
+    T_REQUIRE(tc, tctx_wait_rx(&c, COUNT, tmo(20000)), "%zu of %d messages (state %s)", c.n_rx, COUNT,
+              state_name(pj_websock_get_state(c.ws)));
+    int bad = 0;
+    for (int i = 0; i < COUNT && bad < 3; ++i) {
+        rx_msg m;
+        char seq[16];
+        snprintf(seq, sizeof(seq), "%08d", i);
+        if (!tctx_msg(&c, (size_t)i, &m) || m.opcode != PJ_WEBSOCK_OP_TEXT || m.len != SIZE ||
+            memcmp(m.data, seq, 8) != 0) {
+            T_CHECK(tc, 0, "message %d: op %d len %zu starts '%.8s'", i, m.opcode, m.len,
+                    m.data ? (const char *)m.data : "");
+            bad++;
+            continue;
+        }
+        for (int k = 0; k < SIZE - 8; ++k) {
+            if (m.data[8 + k] != 'a' + (i + k) % 26) {
+                T_CHECK(tc, 0, "message %d differs at byte %d", i, 8 + k);
+                bad++;
+                break;
+            }
+        }
+    }
+    T_CHECK(tc, c.n_rx == COUNT, "%zu messages, expected %d", c.n_rx, COUNT);
+    echo_once(tc, &c, PJ_WEBSOCK_OP_TEXT, 300, 5);
+    close_clean(tc, &c);
+out:
+    if (c.ws)
+        tctx_destroy(&c);
+    tctx_free(&c);
+}
+
 /* close_notify: the raw server reports how the client ended TLS */
 static void case_close_notify(t_case *tc, void *arg)
 {
@@ -1935,6 +1983,8 @@ int main(void)
     t_run("10,000-message stream over TLS echoes in order", case_stream, NULL);
     t_run("16 x 1 MiB to a paused TLS peer: queued records arrive whole and in order", case_paused_peer, NULL);
     t_run("TLS records split across TCP reads (1..4099-byte pieces)", case_trickle, NULL);
+    t_run("3,000 small TLS records in one TCP write with the 101 response: all delivered, in order, with no "
+          "further socket event", case_burst, NULL);
     {
         static const int cli = 0, srv = 1;
         t_run("client close sends TLS close_notify (server sees a clean TLS end)", case_close_notify, (void *)&cli);

@@ -74,6 +74,12 @@ pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     unsafe { recv_into(fd, buf.as_mut_ptr(), buf.len()) }
 }
 
+/// `recv` into memory that need not be initialised.
+pub fn recv_uninit(fd: RawFd, buf: &mut [std::mem::MaybeUninit<u8>]) -> io::Result<usize> {
+    // SAFETY: buf is valid for writes of buf.len() bytes.
+    unsafe { recv_into(fd, buf.as_mut_ptr() as *mut u8, buf.len()) }
+}
+
 /// Bytes received on a socket fd and not yet read (FIONREAD); 0 if
 /// unknown.
 pub fn unread(fd: RawFd) -> usize {
@@ -225,8 +231,7 @@ impl Socket {
 
     /// Reads into memory that need not be initialised.
     pub fn read_uninit(&self, buf: &mut [std::mem::MaybeUninit<u8>]) -> io::Result<usize> {
-        // SAFETY: buf is valid for writes of buf.len() bytes.
-        unsafe { recv_into(self.fd, buf.as_mut_ptr() as *mut u8, buf.len()) }
+        recv_uninit(self.fd, buf)
     }
 
     /// Writes without raising SIGPIPE on a closed connection.

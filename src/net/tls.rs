@@ -215,18 +215,30 @@ impl Write for SockIo {
 const RECORD_MAX: usize = 16 * 1024;
 /// A corked write stops taking plaintext once this much ciphertext waits.
 const CORK_BYTES: usize = 64 * 1024;
-/// OpenSSL's read buffer with read-ahead: one recv fetches several records.
-const READ_BUFFER: usize = 64 * 1024 + 512;
+/// The BIO's read-ahead buffer: one recv fetches several records.
+const READ_BUFFER: usize = 64 * 1024;
 
 /// What OpenSSL reads from and writes to: the transport, or while corked,
 /// `out`, whose records then go to the transport in one send. Records in
 /// `out` always go first: their order is the stream's.
+///
+/// Over a socket of the own loop the BIO reads ahead itself: one recv of
+/// up to `READ_BUFFER` into `inbuf`, from which OpenSSL's header and body
+/// reads are served. (OpenSSL's own read-ahead moves all the bytes it
+/// holds to the front of its buffer before each record of application
+/// data, to align the payload: with many records per read that copied
+/// the buffer over and over.)
 pub struct Bio {
     io: SockIo,
     out: Vec<u8>,
     /// Bytes of `out` already sent.
     off: usize,
     cork: bool,
+    read_ahead: bool,
+    /// Received, `inbuf[in_off..]` not yet passed to OpenSSL. Given back
+    /// once the socket reads dry (it is empty then).
+    inbuf: Vec<u8>,
+    in_off: usize,
 }
 
 impl Bio {
@@ -246,9 +258,60 @@ impl Bio {
     }
 }
 
+impl Bio {
+    fn new(io: SockIo) -> Bio {
+        let read_ahead = matches!(io, SockIo::Fd(_));
+        Bio {
+            io,
+            out: Vec::new(),
+            off: 0,
+            cork: false,
+            read_ahead,
+            inbuf: Vec::new(),
+            in_off: 0,
+        }
+    }
+
+    /// Bytes read ahead and not yet passed to OpenSSL.
+    fn read_ahead_len(&self) -> usize {
+        self.inbuf.len() - self.in_off
+    }
+
+    /// Refills `inbuf` (empty) from the socket; Ok(0) at end of stream.
+    fn fill(&mut self, fd: RawFd) -> io::Result<usize> {
+        self.inbuf.clear();
+        self.in_off = 0;
+        self.inbuf.reserve_exact(READ_BUFFER);
+        match crate::net::sock::recv_uninit(fd, self.inbuf.spare_capacity_mut()) {
+            Ok(n) => {
+                // SAFETY: recv initialised these n bytes of spare capacity.
+                unsafe { self.inbuf.set_len(n) };
+                Ok(n)
+            }
+            Err(e) => {
+                if e.kind() == io::ErrorKind::WouldBlock {
+                    // Dry until epoll says otherwise: give the buffer back.
+                    self.inbuf = Vec::new();
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
 impl Read for Bio {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.io.read(buf)
+        let fd = match self.io {
+            SockIo::Fd(fd) if self.read_ahead => fd,
+            _ => return self.io.read(buf),
+        };
+        if self.read_ahead_len() == 0 && self.fill(fd)? == 0 {
+            return Ok(0);
+        }
+        let n = buf.len().min(self.read_ahead_len());
+        buf[..n].copy_from_slice(&self.inbuf[self.in_off..self.in_off + n]);
+        self.in_off += n;
+        Ok(n)
     }
 }
 
@@ -279,10 +342,8 @@ pub enum HandshakeStep {
 
 // OpenSSL ≥ 1.1.0 functions the openssl crate does not wrap.
 extern "C" {
-    fn SSL_set_read_ahead(ssl: *mut c_void, yes: c_int);
     fn SSL_has_pending(ssl: *const c_void) -> c_int;
     fn SSL_free_buffers(ssl: *mut c_void) -> c_int;
-    fn SSL_set_default_read_buffer_len(ssl: *mut c_void, len: usize);
 }
 
 /// SSL_free_buffers is safe with a partial record buffered only from
@@ -347,28 +408,15 @@ impl TlsStream {
                 None => p.set_host(&sess.name).map_err(err)?,
             }
         }
-        // Over a socket, read ahead: one recv fetches several records
-        // instead of two recvs (header, body) per record. The pjlib
-        // driver's reads come from its inbox in memory: no need there.
-        let read_ahead = matches!(io, SockIo::Fd(_));
-        let bio = Bio {
-            io,
-            out: Vec::new(),
-            off: 0,
-            cork: false,
-        };
+        // Over a socket the BIO reads ahead: one recv fetches several
+        // records instead of two recvs (header, body) per record. The
+        // pjlib driver's reads come from its inbox in memory: no need there.
+        let bio = Bio::new(io);
+        let own_socket = bio.read_ahead;
         let stream = SslStream::new(ssl, bio).map_err(err)?;
-        if read_ahead {
-            // SAFETY: a live SSL; both only set fields (the buffer is
-            // allocated when a read needs it and released when drained).
-            unsafe {
-                SSL_set_read_ahead(ssl_ptr(stream.ssl()), 1);
-                SSL_set_default_read_buffer_len(ssl_ptr(stream.ssl()), READ_BUFFER);
-            }
-        }
         Ok(TlsStream {
             stream,
-            cork_ok: read_ahead,
+            cork_ok: own_socket,
             pins: sess.pins,
             want_write: false,
             verify_result: 0,
@@ -430,7 +478,8 @@ impl TlsStream {
     /// without new ones arriving (read-ahead): epoll will not report them.
     pub fn has_pending(&self) -> bool {
         // SAFETY: a live SSL; SSL_has_pending only reads it.
-        unsafe { SSL_has_pending(ssl_ptr(self.stream.ssl())) != 0 }
+        self.stream.get_ref().read_ahead_len() > 0
+            || unsafe { SSL_has_pending(ssl_ptr(self.stream.ssl())) != 0 }
     }
 
     /// Reads decrypted bytes. Ok(0) is the end of the stream.

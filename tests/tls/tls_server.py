@@ -104,6 +104,11 @@ def pattern(n: int, offset: int = 0) -> bytes:
     return (period * reps)[start:start + n]
 
 
+def pattern_text(n: int, offset: int = 0) -> bytes:
+    """Printable ASCII: byte k is 'a' + (offset + k) % 26."""
+    return bytes(97 + (offset + k) % 26 for k in range(n))
+
+
 def split_request(path: str):
     parts = urlsplit(path)
     params = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
@@ -423,9 +428,17 @@ class RawServer:
                 if name.strip().lower() == "sec-websocket-key":
                     key = value.strip()
             accept = base64.b64encode(hashlib.sha1((key + WS_GUID).encode()).digest()).decode()
-            tls.write(("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                       "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n" % accept).encode())
             path, params = split_request(target)
+            tls.obj.write(("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                           "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n" % accept).encode())
+            if path == "/burst":
+                # `count` TEXT messages of `size` bytes, each in its own TLS
+                # record, sent with the 101 response in one TCP write; then
+                # the server only echoes (nothing more arrives unasked).
+                count, size = int(params.get("count", "2000")), int(params.get("size", "200"))
+                for i in range(count):
+                    tls.obj.write(ws_frame(1, (b"%08d" % i) + bytes(pattern_text(size - 8, i))))
+            tls.flush()
             if path == "/trickle":
                 tls.write(ws_frame(2, pattern(100000)) + ws_frame(1, b"trickle-done"), chunked=True)
             elif path == "/sni":
