@@ -245,8 +245,9 @@ class CloseTCP:
 
 
 class ExpectEOF:
-    """The client closes TCP within within_ms (not before min_ms), sending
-    no frame (or only the frames listed in allow, e.g. its close)."""
+    """The client closes TCP within within_ms (not before min_ms, counted
+    from the server's last write), sending no frame (or only the frames
+    listed in allow, e.g. its close)."""
 
     def __init__(self, within_ms=3000, min_ms=0):
         self.within_ms, self.min_ms = within_ms, min_ms

@@ -88,6 +88,9 @@ class Run:
         self.fails: list[str] = []
         self.q: asyncio.Queue = asyncio.Queue()
         self.t0 = time.monotonic()
+        # When the server last started a write: whatever the client does in
+        # answer (a close timer it starts, say) comes after this.
+        self.last_send_t = self.t0
         self.client_closed_frame = False
         self.eof = False
         self.server_fin = False
@@ -189,6 +192,7 @@ class Run:
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
     async def write(self, data, chunk=None, delay_ms=0):
+        self.last_send_t = time.monotonic()
         try:
             if not chunk:
                 self.writer.write(data)
@@ -316,12 +320,15 @@ class Run:
         elif isinstance(s, C.CloseTCP):
             await self.server_close()
         elif isinstance(s, C.ExpectEOF):
-            t = time.monotonic()
             try:
                 kind, f = await self.next_item(s.within_ms / 1000 * SLOW)
             except asyncio.TimeoutError:
                 raise StepFailed("the client did not close TCP within %d ms" % (s.within_ms * SLOW))
-            dt = (time.monotonic() - t) * 1000
+            # Measured from the server's last write, which the client's close
+            # timer cannot have started before (its close answers that write,
+            # or follows it at once): a late wake-up of this server can make
+            # the interval longer, never shorter than the client's timeout.
+            dt = (time.monotonic() - self.last_send_t) * 1000
             if kind != "eof":
                 raise StepFailed("unexpected frame %s (expected the client to close TCP)" % f.describe())
             if dt < s.min_ms:
