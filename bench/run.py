@@ -972,13 +972,13 @@ def write_report(records, info, path, jsonl_path, argv):
              "own epoll thread runs the callbacks; echoes are verified in `on_rx_msg`; pingpong sends the next "
              "message from `on_rx_msg`; stream/bulk send from the main thread with `pj_websock_send()` as fast as "
              "it accepts, with the send-queue high-water mark at 256 KiB as the header recommends for such senders "
-             "(on `PJ_EBUSY` sleep 200 µs and retry); fanout sends from the main thread at each "
+             "(on `PJ_EBUSY` it waits with `pj_websock_wait_buffered()` until half of that is left, then retries); fanout sends from the main thread at each "
              "frame's due time (20 ms per connection, offsets on a 1 ms grid — the same schedule in every client).")
     if PJP in clients:
         L.append("- **libpjwebsock-poll**: the same program with `PJWS_LOOP=poll`: "
                  "`pj_websock_set_loop_mode(PJ_WEBSOCK_LOOP_POLL)`, so no library thread runs; the main thread "
-                 "runs the loop in `pj_websock_poll()` whenever it waits (connects, echoes, a send slot on "
-                 "`PJ_EBUSY`, and the next fanout frame's due time with `pj_websock_poll_us()`, to the microsecond) and, "
+                 "runs the loop in `pj_websock_poll()` whenever it waits (connects, echoes, room after "
+                 "`PJ_EBUSY` inside `pj_websock_wait_buffered()`, and the next fanout frame's due time with `pj_websock_poll_us()`, to the microsecond) and, "
                  "while streaming, `pj_websock_poll(0)` after every 128 KiB sent; callbacks run on the main "
                  "thread.")
     L.append("- **tokio-tungstenite** (`bench/clients/tungstenite`): current-thread runtime, "

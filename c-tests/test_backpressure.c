@@ -12,7 +12,13 @@
  *    50,000 small sends is all accepted and echoed intact and in order;
  *  - without pj_websock_set_max_buffered the mark is 64 MiB: 1 MiB sends
  *    are refused once more than 63 MiB are queued, never before, and the
- *    accepted ones all arrive afterwards. */
+ *    accepted ones all arrive afterwards;
+ *  - pj_websock_wait_buffered: its arguments and states; on a paused peer
+ *    it times out, returns once the peer reads again (not before) with the
+ *    queue down to the level, and a sender that waits on each PJ_EBUSY
+ *    gets every message through in order; from a callback it refuses to
+ *    wait; destroy from another thread and the close timeout end the
+ *    wait. */
 #include "common.h"
 
 #include <dirent.h>
@@ -477,6 +483,244 @@ out:
     tctx_free(&c);
 }
 
+/* ---- pj_websock_wait_buffered ------------------------------------------ */
+
+static void case_wait_args(t_case *tc, void *arg)
+{
+    (void)arg;
+    tctx c;
+    char url[512];
+    tctx_init(&c);
+    pj_status_t rc = pj_websock_wait_buffered(NULL, 0, 0);
+    T_CHECK(tc, rc == PJ_EINVAL, "wait_buffered(NULL): %s", st(rc));
+    rc = tctx_create(&c, NULL, NULL);
+    T_REQUIRE(tc, rc == PJ_SUCCESS, "create: %s", st(rc));
+    rc = pj_websock_wait_buffered(c.ws, 0, 100);
+    T_CHECK(tc, rc == PJ_EINVALIDOP, "wait_buffered before connect: %s", st(rc));
+    if (!need_url(tc, url, sizeof(url), "WS_ECHO_URL", "/"))
+        goto out;
+    T_REQUIRE(tc, tctx_open(tc, &c, NULL, url, NULL), "open failed");
+    rc = pj_websock_wait_buffered(c.ws, 0, 0);
+    T_CHECK(tc, rc == PJ_SUCCESS, "wait_buffered(0, 0 ms) with nothing queued: %s", st(rc));
+    T_REQUIRE(tc, tctx_close_wait(tc, &c, 1000, NULL), "close");
+    rc = pj_websock_wait_buffered(c.ws, 0, 100);
+    T_CHECK(tc, rc == PJ_EINVALIDOP, "wait_buffered after close: %s", st(rc));
+out:
+    if (c.ws)
+        tctx_destroy(&c);
+    tctx_free(&c);
+}
+
+enum { N_WAIT = 40 };
+
+static void case_wait_paused(t_case *tc, void *arg)
+{
+    (void)arg;
+    tctx c;
+    unsigned char *buf = NULL;
+    size_t lens[N_WAIT];
+    int pause_ms = under_valgrind() ? 8000 : 2000;
+    double t_open = 0;
+    tctx_init(&c);
+    if (!open_paused(tc, &c, pause_ms, &t_open))
+        goto out;
+    pj_status_t rc = pj_websock_set_max_buffered(c.ws, HWM);
+    T_REQUIRE(tc, rc == PJ_SUCCESS, "set_max_buffered: %s", st(rc));
+    buf = malloc(MSG_SIZE);
+    T_REQUIRE(tc, buf, "malloc");
+    fill_result f = fill_until_refused(c.ws, buf, lens, N_WAIT);
+    uint32_t n_ok = f.n_ok;
+    T_REQUIRE(tc, f.rc == PJ_EBUSY, "after %u MiB to a paused peer send returned %s, want PJ_EBUSY", n_ok, st(f.rc));
+
+    rc = pj_websock_wait_buffered(c.ws, 0, 0);
+    T_CHECK(tc, rc == PJ_ETIMEDOUT, "wait_buffered(0, 0 ms) with %zu queued: %s", pj_websock_get_buffered_amount(c.ws),
+            st(rc));
+    double t0 = now_ms();
+    rc = pj_websock_wait_buffered(c.ws, MiB, 200);
+    double t1 = now_ms();
+    T_REQUIRE(tc, t1 - t_open < pause_ms, "peer pause expired before the wait ended; inconclusive");
+    T_CHECK(tc, rc == PJ_ETIMEDOUT, "wait_buffered(1 MiB, 200 ms) on a paused peer: %s", st(rc));
+    T_CHECK(tc, t1 - t0 >= 195, "the 200 ms wait returned after %.0f ms", t1 - t0);
+
+    rc = pj_websock_wait_buffered(c.ws, MiB, (unsigned)(tmo(60000) + pause_ms));
+    double t2 = now_ms();
+    size_t left = pj_websock_get_buffered_amount(c.ws);
+    T_REQUIRE(tc, rc == PJ_SUCCESS, "wait_buffered(1 MiB) after the pause: %s (buffered %zu)", st(rc), left);
+    T_CHECK(tc, left <= MiB, "wait_buffered returned with %zu bytes queued, above 1 MiB", left);
+    /* Until the peer reads again, 7 MiB cannot leave (kernel buffers are
+     * full): the wait cannot have ended early. */
+    T_CHECK(tc, t2 - t_open >= pause_ms - 20, "returned %.0f ms after the open, before the %d ms pause ended",
+            t2 - t_open, pause_ms);
+    printf("# %u MiB queued at PJ_EBUSY; down to %zu bytes %.0f ms after the pause ended\n", n_ok, left,
+           t2 - t_open - pause_ms);
+
+    /* A sender that waits for room on each PJ_EBUSY: all of it arrives. */
+    int waits = 0;
+    for (uint32_t i = n_ok; i < N_WAIT; ++i) {
+        make_msg(buf, MSG_SIZE, i);
+        while ((rc = pj_websock_send(c.ws, PJ_WEBSOCK_OP_BIN, buf, MSG_SIZE)) == PJ_EBUSY) {
+            waits++;
+            pj_status_t w = pj_websock_wait_buffered(c.ws, HWM / 2, (unsigned)tmo(20000));
+            T_REQUIRE(tc, w == PJ_SUCCESS, "wait_buffered(HWM/2) before message %u: %s", i, st(w));
+        }
+        T_REQUIRE(tc, rc == PJ_SUCCESS, "send %u: %s", i, st(rc));
+        lens[i] = MSG_SIZE;
+    }
+    rc = pj_websock_wait_buffered(c.ws, 0, (unsigned)tmo(20000));
+    T_CHECK(tc, rc == PJ_SUCCESS && pj_websock_get_buffered_amount(c.ws) == 0, "wait_buffered(0): %s, %zu queued",
+            st(rc), pj_websock_get_buffered_amount(c.ws));
+    T_REQUIRE(tc, tctx_wait_rx(&c, N_WAIT, tmo(60000)), "only %zu of %d echoes", c.n_rx, N_WAIT);
+    check_echoes(tc, &c, N_WAIT, lens);
+    printf("# %d waits for room while sending %d more MiB\n", waits, N_WAIT - (int)n_ok);
+    tctx_close_wait(tc, &c, 1000, NULL);
+out:
+    free(buf);
+    if (c.ws)
+        tctx_destroy(&c);
+    tctx_free(&c);
+}
+
+/* Opens c to the echo server's /silent (never reads) and queues n MiB. */
+static int open_silent_queued(t_case *tc, tctx *c, int n_mib)
+{
+    char url[512];
+    unsigned char *buf = NULL;
+    if (!need_url(tc, url, sizeof(url), "WS_ECHO_URL", "/silent"))
+        return 0;
+    T_REQUIRE(tc, tctx_open(tc, c, NULL, url, NULL), "open failed");
+    buf = calloc(1, MiB);
+    T_REQUIRE(tc, buf, "malloc");
+    for (int i = 0; i < n_mib; ++i) {
+        pj_status_t rc = pj_websock_send(c->ws, PJ_WEBSOCK_OP_BIN, buf, MiB);
+        T_REQUIRE(tc, rc == PJ_SUCCESS, "send %d: %s", i, st(rc));
+    }
+    free(buf);
+    T_REQUIRE(tc, pj_websock_get_buffered_amount(c->ws) > 0, "nothing queued to a peer that never reads");
+    return 1;
+out:
+    free(buf);
+    return 0;
+}
+
+typedef struct {
+    int ran;
+    pj_status_t empty; /* wait with nothing queued */
+    pj_status_t full;  /* wait with data queued */
+    size_t queued;
+} cb_wait;
+
+static void hook_connect_wait(tctx *c, pj_websock *ws, pj_status_t status)
+{
+    cb_wait *w = c->arg;
+    if (status != PJ_SUCCESS)
+        return;
+    w->empty = pj_websock_wait_buffered(ws, 0, 1000);
+    unsigned char *buf = calloc(1, MiB);
+    if (!buf)
+        return;
+    for (int i = 0; i < 16; ++i)
+        pj_websock_send(ws, PJ_WEBSOCK_OP_BIN, buf, MiB);
+    free(buf);
+    w->queued = pj_websock_get_buffered_amount(ws);
+    w->full = pj_websock_wait_buffered(ws, 0, 3000);
+    __atomic_store_n(&w->ran, 1, __ATOMIC_RELEASE);
+}
+
+/* On the event thread nothing would drain the queue while the call
+ * waited: it refuses (PJ_EINVALIDOP) rather than block the loop. */
+static void case_wait_in_callback(t_case *tc, void *arg)
+{
+    (void)arg;
+    tctx c;
+    char url[512];
+    cb_wait w = {0, -1, -1, 0};
+    tctx_init(&c);
+    if (!need_url(tc, url, sizeof(url), "WS_ECHO_URL", "/silent"))
+        goto out;
+    c.connect_hook = hook_connect_wait;
+    c.arg = &w;
+    T_REQUIRE(tc, tctx_open(tc, &c, NULL, url, NULL), "open failed");
+    /* The hook runs after on_connect was recorded: wait for it. */
+    for (double end = now_ms() + tmo(10000); !__atomic_load_n(&w.ran, __ATOMIC_ACQUIRE) && now_ms() < end;)
+        sleep_ms(5);
+    T_REQUIRE(tc, __atomic_load_n(&w.ran, __ATOMIC_ACQUIRE), "the on_connect hook did not finish");
+    T_CHECK(tc, w.empty == PJ_SUCCESS, "in on_connect, nothing queued: %s", st(w.empty));
+    T_REQUIRE(tc, w.queued > 0, "16 MiB to a peer that never reads, yet nothing queued");
+    T_CHECK(tc, w.full == PJ_EINVALIDOP, "in on_connect with %zu queued: %s, want PJ_EINVALIDOP", w.queued,
+            st(w.full));
+    /* The loop is alive: the connection closes (close timeout) normally. */
+    pj_websock_set_close_timeout(c.ws, 200);
+    pj_status_t rc = pj_websock_close(c.ws, 1000, NULL);
+    T_CHECK(tc, rc == PJ_SUCCESS, "close: %s", st(rc));
+    T_CHECK(tc, tctx_wait_close(&c, tmo(5000)), "no on_close after the close timeout");
+out:
+    if (c.ws)
+        tctx_destroy(&c);
+    tctx_free(&c);
+}
+
+static void *destroy_later(void *arg)
+{
+    tctx *c = arg;
+    sleep_ms(300);
+    tctx_destroy(c);
+    return NULL;
+}
+
+static void case_wait_destroyed(t_case *tc, void *arg)
+{
+    (void)arg;
+    tctx c;
+    pthread_t th;
+    int started = 0;
+    tctx_init(&c);
+    if (!open_silent_queued(tc, &c, 16))
+        goto out;
+    pj_websock *ws = c.ws;
+    T_REQUIRE(tc, pthread_create(&th, NULL, destroy_later, &c) == 0, "pthread_create");
+    started = 1;
+    double t0 = now_ms();
+    pj_status_t rc = pj_websock_wait_buffered(ws, 0, (unsigned)tmo(30000));
+    double t1 = now_ms();
+    T_CHECK(tc, rc == PJ_EINVALIDOP, "wait ended by destroy from another thread: %s", st(rc));
+    T_CHECK(tc, t1 - t0 < tmo(30000), "the wait ran to its timeout (%.0f ms)", t1 - t0);
+out:
+    if (started) {
+        pthread_join(th, NULL);
+        c.ws = NULL;
+    }
+    if (c.ws)
+        tctx_destroy(&c);
+    tctx_free(&c);
+}
+
+/* Closing with data queued to a peer that never reads: the wait goes on
+ * through CLOSING and ends when the close timeout ends the connection. */
+static void case_wait_close_timeout(t_case *tc, void *arg)
+{
+    (void)arg;
+    tctx c;
+    tctx_init(&c);
+    if (!open_silent_queued(tc, &c, 16))
+        goto out;
+    pj_websock_set_close_timeout(c.ws, 300);
+    pj_status_t rc = pj_websock_close(c.ws, 1000, NULL);
+    T_REQUIRE(tc, rc == PJ_SUCCESS, "close: %s", st(rc));
+    double t0 = now_ms();
+    rc = pj_websock_wait_buffered(c.ws, 0, (unsigned)tmo(30000));
+    double t1 = now_ms();
+    T_CHECK(tc, rc == PJ_EINVALIDOP, "wait ended by the close timeout: %s", st(rc));
+    T_CHECK(tc, t1 - t0 >= 250 && t1 - t0 < tmo(30000), "the wait ended after %.0f ms (close timeout 300 ms)",
+            t1 - t0);
+    T_REQUIRE(tc, tctx_wait_close(&c, tmo(5000)), "no on_close");
+    T_CHECK(tc, pj_websock_get_state(c.ws) == PJ_WEBSOCK_STATE_CLOSED, "state %s",
+            state_name(pj_websock_get_state(c.ws)));
+out:
+    if (c.ws)
+        tctx_destroy(&c);
+    tctx_free(&c);
+}
+
 int main(void)
 {
     t_run("64 MiB to a paused peer: buffered amount grows, echoes intact, drains to 0", case_queue_64mib, NULL);
@@ -490,5 +734,14 @@ int main(void)
           case_one_core_burst, NULL);
     t_run("default high-water mark 64 MiB: PJ_EBUSY with more than 63 MiB queued, echoes intact",
           case_default_mark, NULL);
+    t_run("wait_buffered: NULL PJ_EINVAL; not connected or closed PJ_EINVALIDOP; empty queue at once",
+          case_wait_args, NULL);
+    t_run("wait_buffered on a paused peer: times out, returns once it reads with the queue at the level; "
+          "waiting on each PJ_EBUSY, 40 MiB echoed in order",
+          case_wait_paused, NULL);
+    t_run("wait_buffered inside on_connect: at once when empty, PJ_EINVALIDOP with data queued", case_wait_in_callback,
+          NULL);
+    t_run("wait_buffered ended by pj_websock_destroy from another thread", case_wait_destroyed, NULL);
+    t_run("wait_buffered goes on while closing, ended by the close timeout", case_wait_close_timeout, NULL);
     return t_done();
 }

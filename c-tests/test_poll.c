@@ -4,8 +4,9 @@
  * Covers the mode switch rules, echo of small and large messages, the
  * timers (connect timeout, close handshake), name resolution, destroy
  * (from the polling thread and from a callback), a call from inside a
- * callback (PJ_EINVALIDOP), a second polling thread (PJ_EBUSY) and the
- * wait bounds of pj_websock_poll() and pj_websock_poll_us() themselves.
+ * callback (PJ_EINVALIDOP), a second polling thread (PJ_EBUSY), the
+ * wait bounds of pj_websock_poll() and pj_websock_poll_us() themselves,
+ * and pj_websock_wait_buffered() running the loop while it waits.
  * The mode is process-wide, so this is a binary of its own. */
 #include "common.h"
 
@@ -496,6 +497,138 @@ out:
     tctx_free(&c);
 }
 
+/* ---- pj_websock_wait_buffered runs the loop -------------------------- */
+
+enum { WB_MSGS = 24 };
+
+static size_t g_wb_queued;
+
+/* Inside a callback the loop cannot run again: the wait is refused. */
+static void hook_connect_wait_inside(tctx *c, pj_websock *ws, pj_status_t status)
+{
+    if (status != PJ_SUCCESS)
+        return;
+    unsigned char *buf = calloc(1, MiB);
+    if (!buf)
+        return;
+    for (int i = 0; i < 16; ++i)
+        pj_websock_send(ws, PJ_WEBSOCK_OP_BIN, buf, MiB);
+    free(buf);
+    g_wb_queued = pj_websock_get_buffered_amount(ws);
+    c->hook_status = pj_websock_wait_buffered(ws, 0, 2000);
+}
+
+/* Closes and frees c's connection, then makes c ready for the next one. */
+static int restart_case(t_case *tc, tctx *c)
+{
+    if (!tctx_close_wait(tc, c, 1000, NULL))
+        return 0;
+    tctx_destroy(c);
+    c->ws = NULL;
+    poll_until_freed(tmo(3000));
+    tctx_free(c);
+    tctx_init_noted(c);
+    return 1;
+}
+
+static void case_wait_buffered(t_case *tc, void *arg)
+{
+    (void)arg;
+    char url[512];
+    char path[64];
+    tctx c;
+    tctx_init_noted(&c);
+    unsigned char *buf = NULL;
+    int pause_ms = under_valgrind() ? 3000 : 500;
+    snprintf(path, sizeof(path), "/pause?ms=%d", pause_ms);
+    if (!need_url(tc, url, sizeof(url), "WS_ECHO_URL", path))
+        goto out;
+    g_off_thread = 0;
+    pj_websock_param p;
+    tctx_param(&c, &p);
+    p.max_rx_msg_size = 2 * MiB;
+    T_REQUIRE(tc, tctx_open(tc, &c, &p, url, NULL), "open");
+    pj_status_t rc = pj_websock_set_max_buffered(c.ws, 4 * MiB);
+    T_REQUIRE(tc, rc == PJ_SUCCESS, "set_max_buffered: %s", st(rc));
+    buf = malloc(MiB);
+    T_REQUIRE(tc, buf, "malloc");
+    /* Every PJ_EBUSY waits for room; the wait runs the loop (no other
+     * poll happens until all are sent). */
+    int waits = 0;
+    for (int i = 0; i < WB_MSGS; ++i) {
+        pat_fill(buf, MiB, (size_t)i);
+        while ((rc = pj_websock_send(c.ws, PJ_WEBSOCK_OP_BIN, buf, MiB)) == PJ_EBUSY) {
+            waits++;
+            pj_status_t w = pj_websock_wait_buffered(c.ws, 2 * MiB, (unsigned)tmo(30000));
+            T_REQUIRE(tc, w == PJ_SUCCESS, "wait_buffered before message %d: %s", i, st(w));
+            T_REQUIRE(tc, pj_websock_get_buffered_amount(c.ws) <= 2 * MiB, "returned with %zu queued",
+                      pj_websock_get_buffered_amount(c.ws));
+        }
+        T_REQUIRE(tc, rc == PJ_SUCCESS, "send %d: %s", i, st(rc));
+    }
+    T_CHECK(tc, waits > 0, "no PJ_EBUSY with a 4 MiB mark and a paused peer");
+    rc = pj_websock_wait_buffered(c.ws, 0, (unsigned)tmo(30000));
+    T_CHECK(tc, rc == PJ_SUCCESS && pj_websock_get_buffered_amount(c.ws) == 0, "wait_buffered(0): %s, %zu queued",
+            st(rc), pj_websock_get_buffered_amount(c.ws));
+    T_REQUIRE(tc, tctx_wait_rx(&c, WB_MSGS, tmo(30000)), "%zu of %d echoes", c.n_rx, WB_MSGS);
+    for (int i = 0; i < WB_MSGS; ++i) {
+        rx_msg m;
+        T_REQUIRE(tc, tctx_msg(&c, (size_t)i, &m), "echo %d missing", i);
+        T_CHECK(tc, m.len == MiB && pat_check(m.data, m.len, (size_t)i) < 0, "echo %d: %zu bytes, bad at %ld", i,
+                m.len, pat_check(m.data, m.len, (size_t)i));
+    }
+    T_CHECK(tc, g_off_thread == 0, "%d callbacks off the polling thread", g_off_thread);
+
+    /* A sender that waits for too little room (a level of 2 MiB, while
+     * its 1 MiB messages go only into an empty queue) spins between send
+     * and a wait that returns at once: each wait still runs the loop, so
+     * once the peer reads again the queue drains and every message goes
+     * out. */
+    T_REQUIRE(tc, restart_case(tc, &c), "close");
+    T_REQUIRE(tc, need_url(tc, url, sizeof(url), "WS_ECHO_URL", path), "no URL");
+    T_REQUIRE(tc, tctx_open(tc, &c, &p, url, NULL), "open");
+    rc = pj_websock_set_max_buffered(c.ws, 256 * KiB);
+    T_REQUIRE(tc, rc == PJ_SUCCESS, "set_max_buffered: %s", st(rc));
+    double end = now_ms() + pause_ms + tmo(20000);
+    int spins = 0;
+    for (int i = 0; i < 8; ++i) {
+        pat_fill(buf, MiB, (size_t)i);
+        while ((rc = pj_websock_send(c.ws, PJ_WEBSOCK_OP_BIN, buf, MiB)) == PJ_EBUSY) {
+            spins++;
+            pj_status_t w = pj_websock_wait_buffered(c.ws, 2 * MiB, 1000);
+            T_REQUIRE(tc, w == PJ_SUCCESS, "wait_buffered(2 MiB): %s", st(w));
+            T_REQUIRE(tc, now_ms() < end, "message %d not accepted in %d ms (%zu queued)", i,
+                      pause_ms + tmo(20000), pj_websock_get_buffered_amount(c.ws));
+        }
+        T_REQUIRE(tc, rc == PJ_SUCCESS, "send %d: %s", i, st(rc));
+    }
+    T_CHECK(tc, spins > 0, "no PJ_EBUSY for 1 MiB messages with a 256 KiB mark and a paused peer");
+    T_REQUIRE(tc, tctx_wait_rx(&c, 8, tmo(30000)), "%zu of 8 echoes", c.n_rx);
+    for (int i = 0; i < 8; ++i) {
+        rx_msg m;
+        T_REQUIRE(tc, tctx_msg(&c, (size_t)i, &m), "echo %d missing", i);
+        T_CHECK(tc, m.len == MiB && pat_check(m.data, m.len, (size_t)i) < 0, "echo %d: %zu bytes", i, m.len);
+    }
+
+    /* From a callback (16 MiB queued to a peer that never reads):
+     * refused at once, and the loop goes on. */
+    T_REQUIRE(tc, restart_case(tc, &c), "close");
+    T_REQUIRE(tc, need_url(tc, url, sizeof(url), "WS_ECHO_URL", "/silent"), "no URL");
+    c.connect_hook = hook_connect_wait_inside;
+    c.hook_status = PJ_SUCCESS;
+    g_wb_queued = 0;
+    T_REQUIRE(tc, tctx_open(tc, &c, NULL, url, NULL), "open /silent");
+    T_REQUIRE(tc, g_wb_queued > 0, "16 MiB sent in on_connect to a peer that never reads left nothing queued");
+    T_CHECK(tc, c.hook_status == PJ_EINVALIDOP, "wait_buffered in a callback with %zu queued: %s", g_wb_queued,
+            st(c.hook_status));
+    pj_websock_set_close_timeout(c.ws, 200);
+    T_CHECK(tc, pj_websock_close(c.ws, 1000, NULL) == PJ_SUCCESS, "close");
+    T_CHECK(tc, tctx_wait_close(&c, tmo(5000)), "no on_close after the refused wait");
+out:
+    free(buf);
+    end_case(tc, &c);
+}
+
 int main(void)
 {
     g_main = pthread_self();
@@ -512,6 +645,9 @@ int main(void)
     t_run("host name resolved off the polling thread, callbacks on it", case_resolve, NULL);
     t_run("poll inside a callback: PJ_EINVALIDOP; a second thread meanwhile: PJ_EBUSY", case_refused_calls, NULL);
     t_run("another thread may poll when the first is not polling", case_other_thread_polls, NULL);
+    t_run("wait_buffered runs the loop: 24 MiB to a paused peer, waiting on each PJ_EBUSY, echoes intact; "
+          "a sender spinning on a too-high level still gets through; refused inside a callback",
+          case_wait_buffered, NULL);
     t_run("destroy with data queued: freed by the next polls", case_destroy, NULL);
     t_run("destroy inside on_rx_msg while the server floods", case_destroy, (void *)1);
     return t_done();

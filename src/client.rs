@@ -320,6 +320,9 @@ struct Inner {
     response_head: Vec<u8>,
     tls_ext: TlsExt,
     verify_result: i32,
+    /// Threads in `wait_buffered` and the highest level one waits for.
+    drain_waiters: u32,
+    drain_level: usize,
 }
 
 /// Keeps callbacks and destroy apart without a lock per callback: a
@@ -392,6 +395,9 @@ pub struct Client {
     /// Set when the application's ioqueue and timer heap drive the
     /// instance; None on the own event loop.
     pj: Option<Box<PjMode>>,
+    /// Signalled (with `inner`) when the send queue drains to a waiting
+    /// thread's level or the connection ends.
+    drain: Condvar,
 }
 
 /// A callback to make once the lock is released.
@@ -439,6 +445,18 @@ impl Masks {
         self.next += 4;
         let k = self.keys.get(i..i + 4).unwrap_or_default();
         [k[0], k[1], k[2], k[3]]
+    }
+}
+
+/// `wait_buffered`'s answer when it need not wait: the queue is down to
+/// the level, or there is no open (or closing) connection.
+fn drain_status(g: &Inner, at_most: usize) -> Option<pj_status_t> {
+    use pj_websock_readystate::{PJ_WEBSOCK_STATE_CLOSING, PJ_WEBSOCK_STATE_OPEN};
+    match (g.link.as_ref(), g.state) {
+        (Some(l), PJ_WEBSOCK_STATE_OPEN | PJ_WEBSOCK_STATE_CLOSING) => {
+            (l.buffered() <= at_most).then_some(PJ_SUCCESS)
+        }
+        _ => Some(PJ_EINVALIDOP),
     }
 }
 
@@ -774,12 +792,15 @@ impl Client {
                 response_head: Vec::new(),
                 tls_ext: TlsExt::default(),
                 verify_result: 0,
+                drain_waiters: 0,
+                drain_level: 0,
             }),
             cb: param.cb,
             user_data: AtomicPtr::new(param.user_data),
             ssl_param: param.ssl_param as usize,
             gate: Gate::new(),
             pj,
+            drain: Condvar::new(),
         });
         if let Some(pj) = c.pj.as_ref() {
             pj.drv
@@ -843,6 +864,112 @@ impl Client {
 
     pub fn buffered_amount(&self) -> usize {
         lock(&self.inner).link.as_ref().map_or(0, |l| l.buffered())
+    }
+
+    /// Waits until at most `at_most` bytes are queued (PJ_SUCCESS), the
+    /// connection is gone or not open (PJ_EINVALIDOP) or `timeout` passed
+    /// (PJ_ETIMEDOUT). In poll mode the caller's thread runs the loop
+    /// meanwhile. A call that would wait on the thread the instance's
+    /// events need gets PJ_EINVALIDOP instead.
+    pub fn wait_buffered(self: &Arc<Self>, at_most: usize, timeout: Duration) -> pj_status_t {
+        let deadline = Instant::now().checked_add(timeout);
+        {
+            // A burst held back for coalescing goes out now rather than at
+            // its deadline (as send does when the mark is reached).
+            let _gl = self.api_guard();
+            let mut g = lock(&self.inner);
+            if let Some(st) = drain_status(&g, at_most) {
+                drop(g);
+                drop(_gl);
+                // Poll mode: run the loop once anyway, so that a caller
+                // retrying a send in a loop (say, with a level above what
+                // its next message needs) cannot starve it.
+                if let Some(l) = self.pj.is_none().then(evloop::try_get).flatten() {
+                    if l.mode() == evloop::Mode::Poll {
+                        let _ = l.poll(Duration::ZERO);
+                    }
+                }
+                return st;
+            }
+            if let Some(link) = g.link.as_mut() {
+                if link.flush_deadline.is_some() && !link.out_armed && link.write_err.is_none() {
+                    if let Err(e) = link.flush() {
+                        self.defer_write_error(link, e);
+                    }
+                }
+            }
+        }
+        let lp = match self.pj.as_ref() {
+            None => evloop::try_get(),
+            Some(_) => None,
+        };
+        let poll_mode = lp.is_some_and(|l| l.mode() == evloop::Mode::Poll);
+        let own_thread = match lp {
+            Some(l) if !poll_mode => l.on_loop_thread(),
+            _ => {
+                self.gate.running.load(Ordering::SeqCst) > 0
+                    && self.gate.thread.load(Ordering::Relaxed) == this_thread()
+            }
+        };
+        loop {
+            let mut g = lock(&self.inner);
+            if let Some(st) = drain_status(&g, at_most) {
+                return st;
+            }
+            let left = match deadline {
+                Some(d) => d.saturating_duration_since(Instant::now()),
+                None => Duration::MAX,
+            };
+            if left.is_zero() {
+                return PJ_ETIMEDOUT;
+            }
+            if own_thread {
+                return PJ_EINVALIDOP; // nothing would drain the queue
+            }
+            if let (true, Some(l)) = (poll_mode, lp) {
+                drop(g);
+                match l.poll(left.min(Duration::from_secs(3600))) {
+                    Ok(_) => continue,
+                    Err(evloop::PollError::Busy) => {
+                        // Another thread polls: wait for its progress.
+                        g = lock(&self.inner);
+                        if let Some(st) = drain_status(&g, at_most) {
+                            return st;
+                        }
+                    }
+                    Err(_) => return PJ_EINVALIDOP, // inside a callback
+                }
+            }
+            g.drain_waiters += 1;
+            g.drain_level = g.drain_level.max(at_most);
+            // Polled by another thread: look again now and then, as its
+            // poll may end before ours could start.
+            let nap = if poll_mode {
+                left.min(Duration::from_millis(10))
+            } else {
+                left
+            };
+            let (mut g, _) = self
+                .drain
+                .wait_timeout(g, nap)
+                .unwrap_or_else(|e| e.into_inner());
+            g.drain_waiters -= 1;
+            if g.drain_waiters == 0 {
+                g.drain_level = 0;
+            }
+        }
+    }
+
+    /// Wakes the threads in `wait_buffered` once the queue is down to
+    /// the level one of them waits for, or the connection ended.
+    fn wake_drained(&self, g: &Inner) {
+        if g.drain_waiters > 0
+            && g.link
+                .as_ref()
+                .is_none_or(|l| l.buffered() <= g.drain_level)
+        {
+            self.drain.notify_all();
+        }
     }
 
     pub fn subprotocol(&self) -> Option<String> {
@@ -1138,6 +1265,7 @@ impl Client {
             let link = {
                 let mut g = lock(&self.inner);
                 g.state = pj_websock_readystate::PJ_WEBSOCK_STATE_CLOSED;
+                self.drain.notify_all();
                 g.link.take()
             };
             pj.close_exec();
@@ -1151,6 +1279,7 @@ impl Client {
         }
         let mut g = lock(&self.inner);
         g.state = pj_websock_readystate::PJ_WEBSOCK_STATE_CLOSED;
+        self.drain.notify_all();
         if g.link.is_some() {
             drop(g);
             self.post(|me, cx| {
@@ -1369,6 +1498,7 @@ impl Client {
         self.release(cx, link);
         g.state = pj_websock_readystate::PJ_WEBSOCK_STATE_CLOSED;
         g.info.status = status;
+        self.wake_drained(g);
         Some(Deliver::Connect(status))
     }
 
@@ -1390,6 +1520,7 @@ impl Client {
         }
         self.release(cx, link);
         g.state = pj_websock_readystate::PJ_WEBSOCK_STATE_CLOSED;
+        self.wake_drained(g);
         if let Some(i) = initiator {
             g.info.initiator = i;
         }
@@ -1629,6 +1760,7 @@ impl Client {
                 self.deliver_all(d);
                 return;
             }
+            self.wake_drained(&g);
         }
         if events & (EV_IN | libc::EPOLLERR as u32 | libc::EPOLLHUP as u32) == 0 && !retry_read {
             return;
@@ -1843,7 +1975,10 @@ impl Client {
     fn flush_locked(&self, cx: &mut Cx<'_>, g: &mut Inner) -> Option<Deliver<'static>> {
         let link = g.link.as_mut()?;
         match link.flush() {
-            Ok(()) => None,
+            Ok(()) => {
+                self.wake_drained(g);
+                None
+            }
             Err(e) => self.transport_failed(cx, g, e),
         }
     }
@@ -1914,6 +2049,7 @@ impl Client {
                     self.deliver_all(d);
                     return;
                 }
+                self.wake_drained(&g);
             }
         }
         let Some(link) = g.link.as_mut() else { return };

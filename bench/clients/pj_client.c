@@ -243,6 +243,9 @@ static void on_rx_msg(pj_websock *ws, pj_websock_opcode op, const void *data, pj
     g_on_rx(c, op, data, len);
 }
 
+/* The send-queue high-water mark (pj_websock_set_max_buffered). */
+static size_t g_mark = 256 * 1024;
+
 /* ---- setup ------------------------------------------------------------ */
 
 static pj_websock_param g_param;
@@ -259,9 +262,10 @@ static int conn_open(conn_t *c, long idx)
         return -1;
     }
     /* As the header recommends for senders that outpace the network: a
-     * small high-water mark, retrying on PJ_EBUSY (stream, bulk). */
-    pj_websock_set_max_buffered(c->ws, getenv("PJWS_MAXBUF") ? (pj_size_t)atol(getenv("PJWS_MAXBUF"))
-                                                             : 256 * 1024);
+     * small high-water mark, waiting for room on PJ_EBUSY (stream, bulk). */
+    if (getenv("PJWS_MAXBUF"))
+        g_mark = (size_t)atol(getenv("PJWS_MAXBUF"));
+    pj_websock_set_max_buffered(c->ws, g_mark);
     if (g_wss && A.ca && (st = pj_websock_set_tls_ca(c->ws, A.ca, NULL)) != PJ_SUCCESS) {
         fail("pj_websock_set_tls_ca: %d %s", st, strerr(st));
         return -1;
@@ -316,6 +320,10 @@ static void close_all(conn_t *conns, long n)
         pj_websock_destroy(conns[i].ws);
 }
 
+/* On PJ_EBUSY, waits until the queue is down to half the mark, or to what
+ * leaves room for this frame (at most 14 header bytes) if that is less: 0
+ * for a message larger than the mark, which goes only into an empty queue.
+ * In poll mode the wait runs the loop. Then retries. */
 static void send_or_wait(pj_websock *ws, const uint8_t *buf, size_t len, long *ebusy)
 {
     for (;;) {
@@ -329,12 +337,12 @@ static void send_or_wait(pj_websock *ws, const uint8_t *buf, size_t len, long *e
         (*ebusy)++;
         if (g_failed)
             return;
-        if (g_poll) {
-            pj_websock_poll(1, NULL);
-            continue;
+        size_t room = len + 14 < g_mark ? g_mark - len - 14 : 0;
+        st = pj_websock_wait_buffered(ws, room < g_mark / 2 ? room : g_mark / 2, 1000);
+        if (st != PJ_SUCCESS && st != PJ_ETIMEDOUT) {
+            fail("pj_websock_wait_buffered: %d %s", st, strerr(st));
+            return;
         }
-        struct timespec ts = {0, 200000};
-        nanosleep(&ts, NULL);
     }
 }
 

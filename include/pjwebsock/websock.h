@@ -729,13 +729,46 @@ pj_size_t pj_websock_get_buffered_amount(const struct pj_websock *ws);
  *
  * The default lets bursts queue without `PJ_EBUSY`. A sender that
  * produces faster than the network takes (bulk uploads, replaying a file)
- * is faster with a small mark, e.g. 256 KiB, retrying on `PJ_EBUSY`: the
- * kernel's socket buffer keeps the connection busy meanwhile, and a short
- * queue stays in the CPU cache (a queue of many MiB costs up to 1.5x the
- * CPU per message).
+ * is faster with a small mark, e.g. 256 KiB, waiting on `PJ_EBUSY` with
+ * `pj_websock_wait_buffered()`: the kernel's socket buffer keeps the
+ * connection busy meanwhile, and a short queue stays in the CPU cache (a
+ * queue of many MiB costs up to 1.5x the CPU per message).
  * Returns `PJ_EINVAL` for NULL or 0.
  */
 pj_status_t pj_websock_set_max_buffered(struct pj_websock *ws, pj_size_t bytes);
+
+/**
+ * Waits until at most `at_most` bytes are queued for sending (see
+ * `pj_websock_get_buffered_amount()`), for at most `timeout_ms`
+ * milliseconds (0: do not wait). The way for a sender that got
+ * `PJ_EBUSY` to wait for room without sleeping blindly: the call returns
+ * as soon as the event loop's writes bring the queue down to the level.
+ * Sends held back to be coalesced into one write go out at once.
+ *
+ * `pj_websock_send()` accepts a message when the queue is empty or the
+ * message's frame (its length plus at most 14 bytes of header) fits under
+ * the high-water mark: to wait for room for a message of `len` bytes,
+ * `at_most` is `mark - len - 14`, or 0 when the message is that large.
+ *
+ * In poll mode the calling thread runs the loop meanwhile, as
+ * `pj_websock_poll()` does, and at least once even when it need not wait
+ * (without waiting then): callbacks run inside this call (if another
+ * thread is polling, the call waits for its progress instead). In thread
+ * mode and with a pjlib ioqueue another thread drives the connection;
+ * with an ioqueue polled only by the calling thread, nothing drains the
+ * queue and the call times out. `pj_websock_destroy()` from another
+ * thread ends the wait (the call must have begun before it).
+ *
+ * Returns `PJ_SUCCESS` once at most `at_most` bytes are queued,
+ * `PJ_ETIMEDOUT` when the time ran out first, `PJ_EINVALIDOP` when there
+ * is no open or closing connection (also when it ends during the wait:
+ * `on_close` tells how) or when called where waiting would stop the
+ * loop that drains the queue (from a callback, or on the library's event
+ * thread), `PJ_EINVAL` for NULL.
+ */
+pj_status_t pj_websock_wait_buffered(struct pj_websock *ws,
+                                     pj_size_t at_most,
+                                     unsigned int timeout_ms);
 
 /**
  * Sets the time allowed for name resolution, TCP connect, TLS and the
