@@ -1693,6 +1693,67 @@ out:
 }
 
 /* ------------------------------------------------------------------ */
+/* n. pj_websock_wait_buffered with the application's poll threads      */
+
+#define N_MSGS 400
+#define N_LEN 60000
+#define N_MARK ((size_t)1 << 20)
+
+/* The main thread (not a poll thread) sends to a paused peer and, on each
+ * PJ_EBUSY, waits for room: the poll threads' writes wake it. */
+static void case_n(tcase *tc)
+{
+    fixture f;
+    inst *c = &f.c;
+    char url[300], path[64];
+    unsigned char *buf = malloc(N_LEN), *want = malloc(N_LEN);
+    int waits = 0;
+    if (!buf || !want)
+        abort();
+    if (!fixture_start(tc, &f, "app-n", THREADS_POLL)) {
+        free(buf);
+        free(want);
+        return;
+    }
+    snprintf(path, sizeof(path), "/pause?ms=%d", under_valgrind() ? 4000 : 1000);
+    url_of(url, sizeof(url), g_echo_url, path);
+    REQUIRE(tc, inst_open(tc, c, f.pool, url), "open");
+    pj_status_t rc = pj_websock_set_max_buffered(c->ws, N_MARK);
+    REQUIRE(tc, rc == PJ_SUCCESS, "set_max_buffered: %s", st(rc));
+    for (int i = 0; i < N_MSGS; ++i) {
+        pat_fill(buf, N_LEN, (size_t)i);
+        while ((rc = pj_websock_send(c->ws, PJ_WEBSOCK_OP_BIN, buf, N_LEN)) == PJ_EBUSY) {
+            waits++;
+            pj_status_t w = pj_websock_wait_buffered(c->ws, N_MARK / 2, (unsigned)tmo(30000));
+            REQUIRE(tc, w == PJ_SUCCESS, "wait_buffered before message %d: %s (%zu queued)", i, st(w),
+                    (size_t)pj_websock_get_buffered_amount(c->ws));
+        }
+        REQUIRE(tc, rc == PJ_SUCCESS, "send %d: %s", i, st(rc));
+    }
+    CHECK(tc, waits > 0, "no PJ_EBUSY with a 1 MiB mark and a paused peer");
+    rc = pj_websock_wait_buffered(c->ws, 0, (unsigned)tmo(30000));
+    CHECK(tc, rc == PJ_SUCCESS && pj_websock_get_buffered_amount(c->ws) == 0, "wait_buffered(0): %s, %zu queued",
+          st(rc), (size_t)pj_websock_get_buffered_amount(c->ws));
+    REQUIRE(tc, wait_rx(c, N_MSGS, tmo(60000)), "%zu of %d echoes", c->n_rx, N_MSGS);
+    pthread_mutex_lock(&c->mu);
+    for (int i = 0; i < N_MSGS; ++i) {
+        pat_fill(want, N_LEN, (size_t)i);
+        if (c->msgs[i].len != N_LEN || memcmp(c->msgs[i].data, want, N_LEN) != 0) {
+            fail_at(tc, __FILE__, __LINE__, "echo %d: %zu bytes, differs from message %d", i, c->msgs[i].len, i);
+            break;
+        }
+    }
+    pthread_mutex_unlock(&c->mu);
+    printf("# %d waits for room while sending %d x %d bytes\n", waits, N_MSGS, N_LEN);
+    REQUIRE(tc, inst_close_wait(tc, c), "close");
+out:
+    free(buf);
+    free(want);
+    fixture_check(tc, &f);
+    fixture_free(&f);
+}
+
+/* ------------------------------------------------------------------ */
 
 static int env_url(char *buf, size_t size, const char *var)
 {
@@ -1705,7 +1766,7 @@ static int env_url(char *buf, size_t size, const char *var)
 
 /* Cases come in groups (a2 needs a1's run, d3 d1's and d2's, f2 f1's);
  * the arguments select groups by letter, in the order of GROUPS. */
-#define GROUPS "abdefgmhjklci"
+#define GROUPS "abdefgmhjklnci"
 
 static int want(int argc, char **argv, char g)
 {
@@ -1788,6 +1849,10 @@ int main(int argc, char **argv)
         run_case("k. pjlib mode with a NULL pool is refused (PJ_EINVAL, like upstream)", case_k);
     if (want(argc, argv, 'l'))
         run_case("l. pj_strerror() describes libpjwebsock's status codes (registered error space)", case_l);
+    if (want(argc, argv, 'n'))
+        run_case("n. pj_websock_wait_buffered off the poll threads: woken by their writes; 400 x 60,000 bytes to a "
+                 "paused peer, waiting on each PJ_EBUSY, echoes intact",
+                 case_n);
     if (want(argc, argv, 'c'))
         run_case(under_valgrind() ? "c. 100 concurrent connections on one epoll ioqueue (1000 natively)"
                                   : "c. 1000 concurrent connections on one epoll ioqueue",
