@@ -1431,9 +1431,14 @@ out:
 /* Sends 16 x 1 MiB to a peer that is not reading: the socket fills, the
  * records of large writes wait in the library and must reach the peer
  * whole and in order once it reads again. */
+/* arg != NULL: with a 2 MiB high-water mark, each PJ_EBUSY waits with
+ * pj_websock_wait_buffered for room for the next message (the queue
+ * counts the records waiting in the TLS layer). */
 static void case_paused_peer(t_case *tc, void *arg)
 {
-    (void)arg;
+    const int waiting = arg != NULL;
+    const size_t mark = 2 * MiB;
+    int waits = 0;
     enum { N = 16 };
     int port;
     char url[256];
@@ -1448,17 +1453,31 @@ static void case_paused_peer(t_case *tc, void *arg)
         goto out;
     buf = malloc(MiB);
     T_REQUIRE(tc, buf, "malloc");
+    if (waiting)
+        T_REQUIRE(tc, pj_websock_set_max_buffered(c.ws, mark) == PJ_SUCCESS, "set_max_buffered");
     size_t most = 0;
     for (int i = 0; i < N; ++i) {
         pat_fill(buf, MiB, (size_t)i * 7);
-        pj_status_t rc = pj_websock_send(c.ws, PJ_WEBSOCK_OP_BIN, buf, MiB);
+        pj_status_t rc;
+        while ((rc = pj_websock_send(c.ws, PJ_WEBSOCK_OP_BIN, buf, MiB)) == PJ_EBUSY && waiting) {
+            waits++;
+            pj_status_t w = pj_websock_wait_buffered(c.ws, mark - MiB - 14, (unsigned)tmo(60000));
+            T_REQUIRE(tc, w == PJ_SUCCESS, "wait_buffered before #%d: %s", i, st(w));
+            T_REQUIRE(tc, pj_websock_get_buffered_amount(c.ws) <= mark - MiB - 14, "returned with %zu queued",
+                      pj_websock_get_buffered_amount(c.ws));
+        }
         T_REQUIRE(tc, rc == PJ_SUCCESS, "send #%d: %s", i, st(rc));
         size_t b = pj_websock_get_buffered_amount(c.ws);
         if (b > most)
             most = b;
     }
-    /* The kernel holds a few MiB at most: the rest waits in the library. */
-    T_CHECK(tc, most >= 4 * MiB, "buffered amount peaked at %zu while the peer was paused", most);
+    if (waiting) {
+        T_CHECK(tc, waits > 0, "no PJ_EBUSY with a 2 MiB mark and a paused peer");
+        T_CHECK(tc, most <= mark, "buffered amount peaked at %zu, above the %zu mark", most, mark);
+    } else {
+        /* The kernel holds a few MiB at most: the rest waits in the library. */
+        T_CHECK(tc, most >= 4 * MiB, "buffered amount peaked at %zu while the peer was paused", most);
+    }
     T_REQUIRE(tc, tctx_wait_rx(&c, N, tmo(60000)), "only %zu of %d echoes (state %s)", c.n_rx, N,
               state_name(pj_websock_get_state(c.ws)));
     for (int i = 0; i < N; ++i) {
@@ -1982,6 +2001,9 @@ int main(void)
     }
     t_run("10,000-message stream over TLS echoes in order", case_stream, NULL);
     t_run("16 x 1 MiB to a paused TLS peer: queued records arrive whole and in order", case_paused_peer, NULL);
+    t_run("16 x 1 MiB to a paused TLS peer with a 2 MiB mark, waiting for room on each PJ_EBUSY "
+          "(pj_websock_wait_buffered): all arrive whole and in order",
+          case_paused_peer, (void *)1);
     t_run("TLS records split across TCP reads (1..4099-byte pieces)", case_trickle, NULL);
     t_run("3,000 small TLS records in one TCP write with the 101 response: all delivered, in order, with no "
           "further socket event", case_burst, NULL);
