@@ -302,6 +302,19 @@ const char *state_name(pj_websock_readystate s)
     }
 }
 
+pj_status_t send_mib(pj_websock *ws, int n, int *n_sent)
+{
+    unsigned char *buf = calloc(1, MiB);
+    pj_status_t rc = buf ? PJ_SUCCESS : PJ_ENOMEM;
+    int i = 0;
+    while (buf && i < n && (rc = pj_websock_send(ws, PJ_WEBSOCK_OP_BIN, buf, MiB)) == PJ_SUCCESS)
+        i++;
+    free(buf);
+    if (n_sent)
+        *n_sent = i;
+    return rc;
+}
+
 void pat_fill(void *buf, size_t len, size_t off)
 {
     unsigned char *p = buf;

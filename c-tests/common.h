@@ -115,6 +115,11 @@ long pat_check(const void *buf, size_t len, size_t off);
 void pat_fill_text(void *buf, size_t len, size_t off);
 long pat_check_text(const void *buf, size_t len, size_t off);
 
+/* Sends n binary messages of 1 MiB (zeros), stopping at the first refused
+ * one: PJ_SUCCESS, or that send's status (*n_sent, if not NULL, counts the
+ * accepted ones). PJ_ENOMEM if the buffer cannot be allocated. */
+pj_status_t send_mib(pj_websock *ws, int n, int *n_sent);
+
 /* Finds ["<name>", "<value>"] (name case-insensitive) in the JSON sent by
  * ws_server.py's /info and copies value into out. Returns 1 if found. With
  * nth > 0 the nth (0-based) such header is used. */

@@ -584,21 +584,15 @@ out:
 static int open_silent_queued(t_case *tc, tctx *c, int n_mib)
 {
     char url[512];
-    unsigned char *buf = NULL;
+    int n_sent = 0;
     if (!need_url(tc, url, sizeof(url), "WS_ECHO_URL", "/silent"))
         return 0;
     T_REQUIRE(tc, tctx_open(tc, c, NULL, url, NULL), "open failed");
-    buf = calloc(1, MiB);
-    T_REQUIRE(tc, buf, "malloc");
-    for (int i = 0; i < n_mib; ++i) {
-        pj_status_t rc = pj_websock_send(c->ws, PJ_WEBSOCK_OP_BIN, buf, MiB);
-        T_REQUIRE(tc, rc == PJ_SUCCESS, "send %d: %s", i, st(rc));
-    }
-    free(buf);
+    pj_status_t rc = send_mib(c->ws, n_mib, &n_sent);
+    T_REQUIRE(tc, rc == PJ_SUCCESS, "send %d: %s", n_sent, st(rc));
     T_REQUIRE(tc, pj_websock_get_buffered_amount(c->ws) > 0, "nothing queued to a peer that never reads");
     return 1;
 out:
-    free(buf);
     return 0;
 }
 
@@ -615,12 +609,7 @@ static void hook_connect_wait(tctx *c, pj_websock *ws, pj_status_t status)
     if (status != PJ_SUCCESS)
         return;
     w->empty = pj_websock_wait_buffered(ws, 0, 1000);
-    unsigned char *buf = calloc(1, MiB);
-    if (!buf)
-        return;
-    for (int i = 0; i < 16; ++i)
-        pj_websock_send(ws, PJ_WEBSOCK_OP_BIN, buf, MiB);
-    free(buf);
+    send_mib(ws, 16, NULL);
     w->queued = pj_websock_get_buffered_amount(ws);
     w->full = pj_websock_wait_buffered(ws, 0, 3000);
     __atomic_store_n(&w->ran, 1, __ATOMIC_RELEASE);

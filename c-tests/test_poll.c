@@ -508,12 +508,7 @@ static void hook_connect_wait_inside(tctx *c, pj_websock *ws, pj_status_t status
 {
     if (status != PJ_SUCCESS)
         return;
-    unsigned char *buf = calloc(1, MiB);
-    if (!buf)
-        return;
-    for (int i = 0; i < 16; ++i)
-        pj_websock_send(ws, PJ_WEBSOCK_OP_BIN, buf, MiB);
-    free(buf);
+    send_mib(ws, 16, NULL);
     g_wb_queued = pj_websock_get_buffered_amount(ws);
     c->hook_status = pj_websock_wait_buffered(ws, 0, 2000);
 }

@@ -873,6 +873,11 @@ impl Client {
     /// events need gets PJ_EINVALIDOP instead.
     pub fn wait_buffered(self: &Arc<Self>, at_most: usize, timeout: Duration) -> pj_status_t {
         let deadline = Instant::now().checked_add(timeout);
+        let lp = match self.pj.as_ref() {
+            None => evloop::try_get(),
+            Some(_) => None,
+        };
+        let poll_mode = lp.is_some_and(|l| l.mode() == evloop::Mode::Poll);
         {
             // A burst held back for coalescing goes out now rather than at
             // its deadline (as send does when the mark is reached).
@@ -884,10 +889,8 @@ impl Client {
                 // Poll mode: run the loop once anyway, so that a caller
                 // retrying a send in a loop (say, with a level above what
                 // its next message needs) cannot starve it.
-                if let Some(l) = self.pj.is_none().then(evloop::try_get).flatten() {
-                    if l.mode() == evloop::Mode::Poll {
-                        let _ = l.poll(Duration::ZERO);
-                    }
+                if let (true, Some(l)) = (poll_mode, lp) {
+                    let _ = l.poll(Duration::ZERO);
                 }
                 return st;
             }
@@ -899,11 +902,6 @@ impl Client {
                 }
             }
         }
-        let lp = match self.pj.as_ref() {
-            None => evloop::try_get(),
-            Some(_) => None,
-        };
-        let poll_mode = lp.is_some_and(|l| l.mode() == evloop::Mode::Poll);
         let own_thread = match lp {
             Some(l) if !poll_mode => l.on_loop_thread(),
             _ => {
@@ -960,14 +958,11 @@ impl Client {
         }
     }
 
-    /// Wakes the threads in `wait_buffered` once the queue is down to
-    /// the level one of them waits for, or the connection ended.
+    /// Wakes the threads in `wait_buffered` once one of them need not
+    /// wait any longer: the queue is down to the highest level waited
+    /// for, or the connection ended or was destroyed.
     fn wake_drained(&self, g: &Inner) {
-        if g.drain_waiters > 0
-            && g.link
-                .as_ref()
-                .is_none_or(|l| l.buffered() <= g.drain_level)
-        {
+        if g.drain_waiters > 0 && drain_status(g, g.drain_level).is_some() {
             self.drain.notify_all();
         }
     }
@@ -1265,7 +1260,7 @@ impl Client {
             let link = {
                 let mut g = lock(&self.inner);
                 g.state = pj_websock_readystate::PJ_WEBSOCK_STATE_CLOSED;
-                self.drain.notify_all();
+                self.wake_drained(&g);
                 g.link.take()
             };
             pj.close_exec();
@@ -1279,7 +1274,7 @@ impl Client {
         }
         let mut g = lock(&self.inner);
         g.state = pj_websock_readystate::PJ_WEBSOCK_STATE_CLOSED;
-        self.drain.notify_all();
+        self.wake_drained(&g);
         if g.link.is_some() {
             drop(g);
             self.post(|me, cx| {

@@ -234,7 +234,6 @@ pub struct Bio {
     /// Bytes of `out` already sent.
     off: usize,
     cork: bool,
-    read_ahead: bool,
     /// Received, `inbuf[in_off..]` not yet passed to OpenSSL. Given back
     /// once the socket reads dry (it is empty then).
     inbuf: Vec<u8>,
@@ -256,17 +255,14 @@ impl Bio {
         self.off = 0;
         Ok(())
     }
-}
 
-impl Bio {
+    /// Reads ahead (into `inbuf`) only over a socket of the own loop.
     fn new(io: SockIo) -> Bio {
-        let read_ahead = matches!(io, SockIo::Fd(_));
         Bio {
             io,
             out: Vec::new(),
             off: 0,
             cork: false,
-            read_ahead,
             inbuf: Vec::new(),
             in_off: 0,
         }
@@ -302,7 +298,7 @@ impl Bio {
 impl Read for Bio {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let fd = match self.io {
-            SockIo::Fd(fd) if self.read_ahead => fd,
+            SockIo::Fd(fd) => fd,
             _ => return self.io.read(buf),
         };
         if self.read_ahead_len() == 0 && self.fill(fd)? == 0 {
@@ -411,8 +407,8 @@ impl TlsStream {
         // Over a socket the BIO reads ahead: one recv fetches several
         // records instead of two recvs (header, body) per record. The
         // pjlib driver's reads come from its inbox in memory: no need there.
+        let own_socket = matches!(io, SockIo::Fd(_));
         let bio = Bio::new(io);
-        let own_socket = bio.read_ahead;
         let stream = SslStream::new(ssl, bio).map_err(err)?;
         Ok(TlsStream {
             stream,
