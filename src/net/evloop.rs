@@ -29,7 +29,12 @@ use std::time::{Duration, Instant};
 use crate::net::fdtable;
 
 /// Size of the receive buffer shared by every connection of the loop.
-pub const RX_BUF_SIZE: usize = 256 * 1024;
+/// Small enough that a read's bytes, the kernel's skbs they came from and
+/// the send queue stay in L2 while the messages are delivered: streaming
+/// small frames, 256 KiB cost 17-38 % more CPU per message than 64 KiB
+/// (32 KiB and 128 KiB were in between); bulk reads go straight into the
+/// message and TLS reads a record at a time, so neither cares.
+pub const RX_BUF_SIZE: usize = 64 * 1024;
 
 const WAKE_TOKEN: u64 = u64::MAX;
 
