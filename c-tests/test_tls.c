@@ -1430,10 +1430,10 @@ out:
 
 /* Sends 16 x 1 MiB to a peer that is not reading: the socket fills, the
  * records of large writes wait in the library and must reach the peer
- * whole and in order once it reads again. */
-/* arg != NULL: with a 2 MiB high-water mark, each PJ_EBUSY waits with
- * pj_websock_wait_buffered for room for the next message (the queue
- * counts the records waiting in the TLS layer). */
+ * whole and in order once it reads again. With arg != NULL the high-water
+ * mark is 2 MiB and each PJ_EBUSY waits with pj_websock_wait_buffered for
+ * room for the next message (the queue counts the records waiting in the
+ * TLS layer). */
 static void case_paused_peer(t_case *tc, void *arg)
 {
     const int waiting = arg != NULL;

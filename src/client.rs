@@ -877,7 +877,8 @@ impl Client {
             None => evloop::try_get(),
             Some(_) => None,
         };
-        let poll_mode = lp.is_some_and(|l| l.mode() == evloop::Mode::Poll);
+        // Poll mode: the loop this thread runs while it waits.
+        let poller = lp.filter(|l| l.mode() == evloop::Mode::Poll);
         {
             // A burst held back for coalescing goes out now rather than at
             // its deadline (as send does when the mark is reached).
@@ -889,7 +890,7 @@ impl Client {
                 // Poll mode: run the loop once anyway, so that a caller
                 // retrying a send in a loop (say, with a level above what
                 // its next message needs) cannot starve it.
-                if let (true, Some(l)) = (poll_mode, lp) {
+                if let Some(l) = poller {
                     let _ = l.poll(Duration::ZERO);
                 }
                 return st;
@@ -903,7 +904,7 @@ impl Client {
             }
         }
         let own_thread = match lp {
-            Some(l) if !poll_mode => l.on_loop_thread(),
+            Some(l) if poller.is_none() => l.on_loop_thread(),
             _ => {
                 self.gate.running.load(Ordering::SeqCst) > 0
                     && self.gate.thread.load(Ordering::Relaxed) == this_thread()
@@ -924,7 +925,7 @@ impl Client {
             if own_thread {
                 return PJ_EINVALIDOP; // nothing would drain the queue
             }
-            if let (true, Some(l)) = (poll_mode, lp) {
+            if let Some(l) = poller {
                 drop(g);
                 match l.poll(left.min(Duration::from_secs(3600))) {
                     Ok(_) => continue,
@@ -942,7 +943,7 @@ impl Client {
             g.drain_level = g.drain_level.max(at_most);
             // Polled by another thread: look again now and then, as its
             // poll may end before ours could start.
-            let nap = if poll_mode {
+            let nap = if poller.is_some() {
                 left.min(Duration::from_millis(10))
             } else {
                 left
