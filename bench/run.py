@@ -121,6 +121,11 @@ WORKLOADS = [
          smoke=["--n", "20"], metrics=[M_MB, *CPU_ROWS]),
     dict(name="wss-bulk-1MiB", tls=True, args=["--workload", "bulk", "--n", "200", "--size", "1048576"],
          smoke=["--n", "3"], metrics=[M_MB, *CPU_ROWS]),
+    # The typical deployment: many speech streams over TLS (no target in
+    # the list below; reported beside the ws:// fanout).
+    dict(name="wss-fanout", tls=True,
+         args=["--workload", "fanout", "--conns", "200", "--rate", "50", "--duration", "5"],
+         smoke=["--conns", "20", "--duration", "0.3"], metrics=[*CPU_ROWS, M_LAT50, M_LAT99, M_CBUSY]),
 ]
 
 # Callgrind: the same workload at two sizes; (Ir(N2) - Ir(N1)) / (N2 - N1)
