@@ -6,7 +6,8 @@
  * (from the polling thread and from a callback), a call from inside a
  * callback (PJ_EINVALIDOP), a second polling thread (PJ_EBUSY), the
  * wait bounds of pj_websock_poll() and pj_websock_poll_us() themselves,
- * and pj_websock_wait_buffered() running the loop while it waits.
+ * pj_websock_wait_buffered() running the loop while it waits, and a read
+ * leaving the application's burst of sends to its coalescing deadline.
  * The mode is process-wide, so this is a binary of its own. */
 #include "common.h"
 
@@ -624,6 +625,72 @@ out:
     end_case(tc, &c);
 }
 
+/* ---- a read does not split the application's burst ------------------ */
+
+enum { RB_ATTEMPTS = 40, RB_LEN = 640 };
+
+/* Two sends back to back are a burst: the first goes out at once, the
+ * second waits (at most 200 us) to be coalesced with what follows. A poll
+ * right after them that reads an echo (of a message sent earlier, which
+ * waited in the socket unread) leaves the second waiting rather than
+ * writing it alone (a small write, and a wake-up of the peer, per read);
+ * its deadline sends it. Checked in the attempts where that poll read the
+ * echo and returned within 150 us of the second send, before its
+ * deadline (others prove nothing); every echo must arrive intact. */
+static void case_read_keeps_burst(t_case *tc, void *arg)
+{
+    (void)arg;
+    char url[512];
+    tctx c;
+    tctx_init_noted(&c);
+    if (skip_timing_under_valgrind(tc))
+        goto out;
+    if (!need_url(tc, url, sizeof(url), "WS_ECHO_URL", "/"))
+        goto out;
+    T_REQUIRE(tc, tctx_open(tc, &c, NULL, url, NULL), "open");
+    unsigned char buf[RB_LEN];
+    size_t n = 0;
+    int checked = 0;
+    for (int a = 0; a < RB_ATTEMPTS; ++a) {
+        T_REQUIRE(tc, tctx_wait_rx(&c, n, tmo(5000)), "%zu of %zu echoes", c.n_rx, n);
+        /* Message n: its echo waits in the socket (nothing polls). */
+        pat_fill(buf, RB_LEN, n);
+        pj_status_t rc = pj_websock_send(c.ws, PJ_WEBSOCK_OP_BIN, buf, RB_LEN);
+        T_REQUIRE(tc, rc == PJ_SUCCESS, "send %zu: %s", n, st(rc));
+        sleep_ms(5); /* and quiet: the next send starts a burst */
+        pat_fill(buf, RB_LEN, n + 1);
+        rc = pj_websock_send(c.ws, PJ_WEBSOCK_OP_BIN, buf, RB_LEN);
+        T_REQUIRE(tc, rc == PJ_SUCCESS, "send %zu: %s", n + 1, st(rc));
+        T_REQUIRE(tc, pj_websock_get_buffered_amount(c.ws) == 0, "a send after 5 ms of quiet was held back");
+        pat_fill(buf, RB_LEN, n + 2);
+        rc = pj_websock_send(c.ws, PJ_WEBSOCK_OP_BIN, buf, RB_LEN);
+        double t0 = now_ms();
+        T_REQUIRE(tc, rc == PJ_SUCCESS, "send %zu: %s", n + 2, st(rc));
+        size_t held = pj_websock_get_buffered_amount(c.ws);
+        pj_websock_poll(0, NULL);
+        double us = (now_ms() - t0) * 1000.0;
+        size_t left = pj_websock_get_buffered_amount(c.ws);
+        if (held > 0 && c.n_rx == n + 1 && us < 150.0) {
+            T_CHECK(tc, left == held, "a poll reading an echo %.0f us after the burst's second send wrote it "
+                    "(%zu of %zu bytes left)", us, left, held);
+            checked++;
+        }
+        n += 3;
+    }
+    T_REQUIRE(tc, tctx_wait_rx(&c, n, tmo(5000)), "%zu of %zu echoes", c.n_rx, n);
+    for (size_t i = 0; i < n; ++i) {
+        rx_msg m;
+        T_REQUIRE(tc, tctx_msg(&c, i, &m), "echo %zu missing", i);
+        T_CHECK(tc, m.opcode == PJ_WEBSOCK_OP_BIN && m.len == RB_LEN && pat_check(m.data, m.len, i) < 0,
+                "echo %zu: opcode %d, %zu bytes", i, m.opcode, m.len);
+    }
+    T_CHECK(tc, checked >= 3, "only %d of %d attempts had the echo read within 150 us (machine too busy)", checked,
+            RB_ATTEMPTS);
+    T_CHECK(tc, g_off_thread == 0, "%d callbacks off the polling thread", g_off_thread);
+out:
+    end_case(tc, &c);
+}
+
 int main(void)
 {
     g_main = pthread_self();
@@ -643,6 +710,8 @@ int main(void)
     t_run("wait_buffered runs the loop: 24 MiB to a paused peer, waiting on each PJ_EBUSY, echoes intact; "
           "a sender spinning on a too-high level still gets through; refused inside a callback",
           case_wait_buffered, NULL);
+    t_run("a poll that reads an echo leaves the application's burst to its coalescing deadline; echoes intact",
+          case_read_keeps_burst, NULL);
     t_run("destroy with data queued: freed by the next polls", case_destroy, NULL);
     t_run("destroy inside on_rx_msg while the server floods", case_destroy, (void *)1);
     return t_done();

@@ -54,6 +54,10 @@ const SHED_MIN: usize = 64 * 1024;
 const SHED_AFTER: Duration = Duration::from_secs(1);
 /// Sends closer together than this (ns) are a burst and get coalesced.
 const BURST_GAP_NS: u64 = 50_000;
+/// A sender that filled a write (`COALESCE_BYTES`) this recently (ns) is
+/// streaming: a longer gap before its next send (its thread was busy
+/// with the replies, or preempted) does not end the burst.
+const STREAMING_NS: u64 = 1_000_000;
 /// A burst is written once this much is queued (at most half the
 /// high-water mark, so a sender at the mark never waits for the deadline)...
 const COALESCE_BYTES: usize = 128 * 1024;
@@ -300,6 +304,8 @@ struct Link {
     shed_at: Option<Instant>,
     /// `mono_ns()` of the last send (0 = none).
     last_send: u64,
+    /// Until when (`mono_ns`) sends count as a burst whatever their gap.
+    streaming_until: u64,
     next_ping: Option<Instant>,
     ping_sent_at: Option<u64>,
     /// `mono_ns()` of the last read from the peer.
@@ -555,6 +561,7 @@ impl Link {
             flush_deadline: None,
             shed_at: None,
             last_send: 0,
+            streaming_until: 0,
             next_ping: None,
             ping_sent_at: None,
             last_rx: mono_ns(),
@@ -1143,12 +1150,17 @@ impl Client {
         // Within a burst already being coalesced the clock is not needed.
         let burst = coalescing || {
             let now = mono_ns();
-            let b = link.last_send != 0 && now.saturating_sub(link.last_send) < BURST_GAP_NS;
+            let b = link.last_send != 0 && now.saturating_sub(link.last_send) < BURST_GAP_NS
+                || now < link.streaming_until;
             link.last_send = now;
             b
         };
+        let full = link.buffered() >= COALESCE_BYTES.min(max / 2);
+        if burst && full && frame < LARGE_FRAME {
+            link.streaming_until = mono_ns() + STREAMING_NS;
+        }
         let mut behind = false;
-        if !burst || frame >= LARGE_FRAME || link.buffered() >= COALESCE_BYTES.min(max / 2) {
+        if !burst || frame >= LARGE_FRAME || full {
             if let Err(e) = link.flush() {
                 self.defer_write_error(link, e);
             }
@@ -1771,11 +1783,15 @@ impl Client {
             buf = vec![0; evloop::RX_BUF_SIZE];
         }
         let mut recycled: Option<Vec<u8>> = None;
+        // A burst the application was already coalescing when this batch
+        // began keeps its deadline (see `flush_after_read`).
+        let mut held: Option<Option<Instant>> = None;
         'reads: for round in 1..=READS_PER_EVENT {
             let Some(mut g) = self.lock_current(token) else {
                 break;
             };
             let Some(link) = g.link.as_mut() else { break };
+            let held = *held.get_or_insert(link.flush_deadline);
             if let Some(v) = recycled.take() {
                 if link.recycle(v) {
                     self.rearm(link);
@@ -1791,7 +1807,7 @@ impl Client {
             let n = match io {
                 Io::Done(n) => n,
                 Io::WouldBlock => {
-                    let d = self.flush_after_read(cx, &mut g);
+                    let d = self.flush_after_read(cx, &mut g, held);
                     drop(g);
                     self.deliver_all(d);
                     break;
@@ -1869,7 +1885,7 @@ impl Client {
                 }
                 n < buf.len()
             };
-            let d = self.flush_after_read(cx, &mut g);
+            let d = self.flush_after_read(cx, &mut g, held);
             if d.is_some() {
                 drop(g);
                 self.deliver_all(d);
@@ -1956,11 +1972,22 @@ impl Client {
         self.flush_locked(cx, g)
     }
 
-    /// After a read batch: replies, and sends coalesced by the application
-    /// that are waiting for their flush deadline, leave in one write.
-    fn flush_after_read(&self, cx: &mut Cx<'_>, g: &mut Inner) -> Option<Deliver<'static>> {
+    /// After a read batch: replies, and sends the callbacks of this batch
+    /// queued, leave in one write. A burst the application was coalescing
+    /// before the batch (deadline `held`, set by a sending thread or
+    /// before `pj_websock_poll()`) is left to its deadline or size unless
+    /// a reply goes out anyway: flushing it here would send whatever few
+    /// frames the sender queued since its last write, a small write that
+    /// costs both ends a wake-up.
+    fn flush_after_read(
+        &self,
+        cx: &mut Cx<'_>,
+        g: &mut Inner,
+        held: Option<Instant>,
+    ) -> Option<Deliver<'static>> {
         let link = g.link.as_mut()?;
-        let waiting = link.flush_deadline.is_some() && !link.out_armed;
+        let waiting =
+            link.flush_deadline.is_some() && link.flush_deadline != held && !link.out_armed;
         if !std::mem::take(&mut link.reply_pending) && !waiting {
             return None;
         }

@@ -894,6 +894,43 @@ mod tests {
         s.write_all(resp.as_bytes()).unwrap();
     }
 
+    /// Checks `f` every `every` until it holds; fails after 20 s.
+    #[cfg(not(pjws_have_pj_websock))]
+    fn wait_until(what: &str, every: Duration, f: &dyn Fn() -> bool) {
+        let t = std::time::Instant::now();
+        while !f() {
+            assert!(t.elapsed() < Duration::from_secs(20), "timed out: {what}");
+            std::thread::sleep(every);
+        }
+    }
+
+    /// Test peer: reads `s` until EOF; returns how many bytes came.
+    #[cfg(not(pjws_have_pj_websock))]
+    fn count_until_eof(mut s: impl std::io::Read) -> usize {
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut total = 0usize;
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => return total,
+                Ok(n) => total += n,
+            }
+        }
+    }
+
+    /// Starts connecting `ws` to `url`.
+    #[cfg(not(pjws_have_pj_websock))]
+    fn connect_to(ws: *mut pj_websock, url: &str) {
+        let u = pj_str_t {
+            ptr: url.as_ptr() as *mut c_char,
+            slen: url.len() as pj_ssize_t,
+        };
+        // SAFETY: live instance, valid url for the call.
+        assert_eq!(
+            unsafe { pj_websock_connect(ws, &u, std::ptr::null()) },
+            PJ_SUCCESS
+        );
+    }
+
     /// Calls `f` behind the guard the entry points use.
     fn guarded<T>(fallback: T, f: impl FnOnce() -> T) -> T {
         guard!(fallback, { f() })
@@ -1091,17 +1128,7 @@ mod tests {
                 cb.on_close = Some(on_close);
             })
         };
-        let connect = |ws: *mut pj_websock| {
-            let u = pj_str_t {
-                ptr: url.as_ptr() as *mut c_char,
-                slen: url.len() as pj_ssize_t,
-            };
-            // SAFETY: live instance, valid string.
-            assert_eq!(
-                unsafe { pj_websock_connect(ws, &u, std::ptr::null()) },
-                PJ_SUCCESS
-            );
-        };
+        let connect = |ws: *mut pj_websock| connect_to(ws, &url);
         // What the loop does after catching a panic in ws's handler.
         let fail_on_loop = |ws: *mut pj_websock| {
             // SAFETY: live instance.
@@ -1199,7 +1226,7 @@ mod tests {
     fn burst_sender_yields_to_a_lagging_loop() {
         use crate::client::SENDER_YIELDS;
         use crate::proto::frame::masked_frame_len;
-        use std::io::{Read, Write};
+        use std::io::Write;
         use std::net::TcpListener;
         use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
         use std::sync::Mutex;
@@ -1231,13 +1258,7 @@ mod tests {
             }
             HOLD.store(false, Ordering::SeqCst); // once, even if the test failed
         }
-        let wait = |what: &str, f: &dyn Fn() -> bool| {
-            let t = Instant::now();
-            while !f() {
-                assert!(t.elapsed() < Duration::from_secs(20), "timed out: {what}");
-                std::thread::sleep(Duration::from_millis(2));
-            }
-        };
+        let wait = |what: &str, f: &dyn Fn() -> bool| wait_until(what, Duration::from_millis(2), f);
 
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("ws://127.0.0.1:{}/p", listener.local_addr().unwrap().port());
@@ -1245,17 +1266,8 @@ mod tests {
             let (mut s, _) = listener.accept().unwrap();
             accept_upgrade(&mut s);
             // Reads (and counts) what the client sends while flooding it.
-            let mut r = s.try_clone().unwrap();
-            let reader = std::thread::spawn(move || {
-                let mut buf = vec![0u8; 256 * 1024];
-                let mut total = 0usize;
-                loop {
-                    match r.read(&mut buf) {
-                        Ok(0) | Err(_) => return total,
-                        Ok(n) => total += n,
-                    }
-                }
-            });
+            let r = s.try_clone().unwrap();
+            let reader = std::thread::spawn(move || count_until_eof(r));
             for i in 0..FLOOD {
                 let mut f = vec![0x82, 127];
                 f.extend_from_slice(&(BIG as u64).to_be_bytes());
@@ -1269,14 +1281,7 @@ mod tests {
             cb.on_connect = Some(on_connect);
             cb.on_rx_msg = Some(on_rx_msg);
         });
-        // SAFETY: live instance, valid url.
-        unsafe {
-            let u = pj_str_t {
-                ptr: url.as_ptr() as *mut c_char,
-                slen: url.len() as pj_ssize_t,
-            };
-            assert_eq!(pj_websock_connect(ws, &u, std::ptr::null()), PJ_SUCCESS);
-        }
+        connect_to(ws, &url);
         wait("connect", &|| CONNECTED.load(Ordering::SeqCst) != i64::MIN);
         assert_eq!(CONNECTED.load(Ordering::SeqCst), i64::from(PJ_SUCCESS));
         // SAFETY: live instance.
@@ -1338,5 +1343,94 @@ mod tests {
         // SAFETY: live instance, destroyed once.
         assert_eq!(unsafe { pj_websock_destroy(ws) }, PJ_SUCCESS);
         assert_eq!(server.join().unwrap(), SENDS * masked_frame_len(SMALL));
+    }
+
+    /// A sender that just filled a write is streaming: a pause longer
+    /// than the burst gap (its thread was busy or preempted) does not end
+    /// the burst, so its next small send waits for the coalescing deadline
+    /// instead of going out in a write of its own. After a millisecond of
+    /// quiet a lone send is written at once again. Every byte arrives.
+    #[cfg(not(pjws_have_pj_websock))]
+    #[test]
+    fn streaming_sender_keeps_coalescing_across_a_pause() {
+        use crate::proto::frame::masked_frame_len;
+        use std::net::TcpListener;
+        use std::sync::atomic::{AtomicI64, Ordering};
+        use std::time::Instant;
+
+        const SMALL: usize = 640;
+        const BURST: usize = 250; // 160 KiB: one write of 128 KiB, then coalescing
+        const ATTEMPTS: usize = 50;
+        static CONNECTED: AtomicI64 = AtomicI64::new(i64::MIN);
+        unsafe extern "C" fn on_connect(_ws: *mut pj_websock, status: pj_status_t) {
+            CONNECTED.store(status.into(), Ordering::SeqCst);
+        }
+        let wait =
+            |what: &str, f: &dyn Fn() -> bool| wait_until(what, Duration::from_micros(100), f);
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("ws://127.0.0.1:{}/p", listener.local_addr().unwrap().port());
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            accept_upgrade(&mut s);
+            count_until_eof(s)
+        });
+        let ws = create_with(|cb| cb.on_connect = Some(on_connect));
+        connect_to(ws, &url);
+        wait("connect", &|| CONNECTED.load(Ordering::SeqCst) != i64::MIN);
+        assert_eq!(CONNECTED.load(Ordering::SeqCst), i64::from(PJ_SUCCESS));
+        let msg = [0x3cu8; SMALL];
+        // SAFETY (both): live instance, valid buffer.
+        let send = || unsafe { pj_websock_send(ws, 2, msg.as_ptr().cast(), SMALL as pj_size_t) };
+        let buffered = || unsafe { pj_websock_get_buffered_amount(ws) };
+        let mut sent = 0usize;
+        let mut checked = 0;
+        for _ in 0..ATTEMPTS {
+            // Quiet: the queue drained and no send for 2 ms.
+            wait("the queue to drain", &|| buffered() == 0);
+            std::thread::sleep(Duration::from_millis(2));
+            assert_eq!(send(), PJ_SUCCESS);
+            sent += 1;
+            assert_eq!(
+                buffered(),
+                0,
+                "a lone send after 2 ms of quiet was held back"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+            // A burst that fills a write, then a pause of 300 us (the burst
+            // gap is 50 us), then one more send.
+            let start = Instant::now();
+            for i in 0..BURST {
+                assert_eq!(send(), PJ_SUCCESS, "burst send {i}");
+            }
+            sent += BURST;
+            while start.elapsed() < Duration::from_micros(300) {
+                std::hint::spin_loop();
+            }
+            wait("the burst's deadline", &|| buffered() == 0);
+            let paused = start.elapsed();
+            assert_eq!(send(), PJ_SUCCESS);
+            sent += 1;
+            let queued = buffered();
+            // The streaming window (1 ms from the burst's full write) only
+            // covers this send if the thread was not held up for longer:
+            // such attempts prove nothing and are not counted.
+            if start.elapsed() < Duration::from_micros(800) && paused >= Duration::from_micros(300)
+            {
+                assert_eq!(
+                    queued,
+                    masked_frame_len(SMALL),
+                    "a send {paused:?} into a streaming burst was not held for coalescing"
+                );
+                checked += 1;
+            }
+        }
+        assert!(
+            checked >= 5,
+            "only {checked} of {ATTEMPTS} attempts paused for 300-800 us (machine too busy)"
+        );
+        wait("the queue to drain", &|| buffered() == 0);
+        // SAFETY: live instance, destroyed once.
+        assert_eq!(unsafe { pj_websock_destroy(ws) }, PJ_SUCCESS);
+        assert_eq!(server.join().unwrap(), sent * masked_frame_len(SMALL));
     }
 }
