@@ -635,7 +635,7 @@ enum { RB_ATTEMPTS = 40, RB_LEN = 640 };
  * waited in the socket unread) leaves the second waiting rather than
  * writing it alone (a small write, and a wake-up of the peer, per read);
  * its deadline sends it. Checked in the attempts where that poll read the
- * echo and returned within 150 us of the second send, before its
+ * echo and returned within 180 us of the held send, before its
  * deadline (others prove nothing); every echo must arrive intact. */
 static void case_read_keeps_burst(t_case *tc, void *arg)
 {
@@ -658,24 +658,31 @@ static void case_read_keeps_burst(t_case *tc, void *arg)
         pj_status_t rc = pj_websock_send(c.ws, PJ_WEBSOCK_OP_BIN, buf, RB_LEN);
         T_REQUIRE(tc, rc == PJ_SUCCESS, "send %zu: %s", n, st(rc));
         sleep_ms(5); /* and quiet: the next send starts a burst */
-        pat_fill(buf, RB_LEN, n + 1);
+        size_t k = n + 1;
+        pat_fill(buf, RB_LEN, k);
         rc = pj_websock_send(c.ws, PJ_WEBSOCK_OP_BIN, buf, RB_LEN);
-        T_REQUIRE(tc, rc == PJ_SUCCESS, "send %zu: %s", n + 1, st(rc));
+        T_REQUIRE(tc, rc == PJ_SUCCESS, "send %zu: %s", k, st(rc));
         T_REQUIRE(tc, pj_websock_get_buffered_amount(c.ws) == 0, "a send after 5 ms of quiet was held back");
-        pat_fill(buf, RB_LEN, n + 2);
-        rc = pj_websock_send(c.ws, PJ_WEBSOCK_OP_BIN, buf, RB_LEN);
-        double t0 = now_ms();
-        T_REQUIRE(tc, rc == PJ_SUCCESS, "send %zu: %s", n + 2, st(rc));
-        size_t held = pj_websock_get_buffered_amount(c.ws);
+        /* Sends until one is held (a slow send before it, such as under
+         * a sanitizer, can leave more than the burst gap between two). */
+        double t0;
+        size_t held = 0;
+        do {
+            pat_fill(buf, RB_LEN, ++k);
+            rc = pj_websock_send(c.ws, PJ_WEBSOCK_OP_BIN, buf, RB_LEN);
+            t0 = now_ms();
+            T_REQUIRE(tc, rc == PJ_SUCCESS, "send %zu: %s", k, st(rc));
+            held = pj_websock_get_buffered_amount(c.ws);
+        } while (held == 0 && k < n + 10);
         pj_websock_poll(0, NULL);
         double us = (now_ms() - t0) * 1000.0;
         size_t left = pj_websock_get_buffered_amount(c.ws);
-        if (held > 0 && c.n_rx == n + 1 && us < 150.0) {
-            T_CHECK(tc, left == held, "a poll reading an echo %.0f us after the burst's second send wrote it "
+        if (held > 0 && c.n_rx >= n + 1 && us < 180.0) {
+            T_CHECK(tc, left == held, "a poll reading an echo %.0f us after a burst's send wrote it "
                     "(%zu of %zu bytes left)", us, left, held);
             checked++;
         }
-        n += 3;
+        n = k + 1;
     }
     T_REQUIRE(tc, tctx_wait_rx(&c, n, tmo(5000)), "%zu of %zu echoes", c.n_rx, n);
     for (size_t i = 0; i < n; ++i) {
@@ -684,7 +691,7 @@ static void case_read_keeps_burst(t_case *tc, void *arg)
         T_CHECK(tc, m.opcode == PJ_WEBSOCK_OP_BIN && m.len == RB_LEN && pat_check(m.data, m.len, i) < 0,
                 "echo %zu: opcode %d, %zu bytes", i, m.opcode, m.len);
     }
-    T_CHECK(tc, checked >= 3, "only %d of %d attempts had the echo read within 150 us (machine too busy)", checked,
+    T_CHECK(tc, checked >= 3, "only %d of %d attempts had the echo read within 180 us (machine too busy)", checked,
             RB_ATTEMPTS);
     T_CHECK(tc, g_off_thread == 0, "%d callbacks off the polling thread", g_off_thread);
 out:
