@@ -12,16 +12,31 @@
  * one receive on this machine; every client pays it, and a library's own
  * cost is what it adds on top.
  *
- * Only `--workload fanout` with a ws:// URL whose host is an IPv4 literal.
+ * `--workload stream` and `--workload bulk` get the same treatment on one
+ * connection: frames are built and masked in place (a fresh key each) into
+ * one send buffer of up to TX_BATCH bytes (or one larger frame), which goes
+ * out with as few send() calls as the socket takes; echoes are read RX_CAP
+ * bytes at a time into one buffer and checked where they lie, a frame
+ * spanning reads checked piece by piece. One send and one recv per turn,
+ * poll() only when neither made progress.
+ *
+ * ws:// URLs whose host is an IPv4 literal only.
  */
 #include "common.h"
 
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/epoll.h>
 
 #define ACCEPT_FOR_KEY "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" /* RFC 6455 §1.3's example key */
 #define RX_CAP 4096
+/* stream/bulk: bytes of whole frames per send buffer (as the libraries
+ * coalesce), and bytes per recv(). */
+#define TX_BATCH (128 * 1024)
+#ifndef BIG_RX_CAP
+#define BIG_RX_CAP (64 * 1024)
+#endif
 
 typedef struct conn {
     int fd;
@@ -85,11 +100,16 @@ static size_t build_frame(uint8_t *f, uint64_t seq, uint64_t *rng)
     if (len < 126) {
         f[1] = (uint8_t)(0x80 | len);
         h = 2;
-    } else {
+    } else if (len < 65536) {
         f[1] = 0x80 | 126;
         f[2] = (uint8_t)(len >> 8);
         f[3] = (uint8_t)len;
         h = 4;
+    } else {
+        f[1] = 0x80 | 127;
+        for (int i = 0; i < 8; i++)
+            f[2 + i] = (uint8_t)((uint64_t)len >> (56 - 8 * i));
+        h = 10;
     }
     *rng ^= *rng << 13;
     *rng ^= *rng >> 7;
@@ -98,7 +118,18 @@ static size_t build_frame(uint8_t *f, uint64_t seq, uint64_t *rng)
     memcpy(f + h, key, 4);
     uint8_t *p = f + h + 4;
     fill_msg(p, seq, len, 0);
-    for (size_t i = 0; i < len; i++)
+    /* 16 bytes at a time, then the tail. */
+    typedef uint8_t v16 __attribute__((vector_size(16)));
+    v16 k16, w;
+    for (int i = 0; i < 16; i++)
+        k16[i] = key[i & 3];
+    size_t i = 0;
+    for (; i + 16 <= len; i += 16) {
+        memcpy(&w, p + i, 16);
+        w ^= k16;
+        memcpy(p + i, &w, 16);
+    }
+    for (; i < len; i++)
         p[i] ^= key[i & 3];
     return h + 4 + len;
 }
@@ -199,24 +230,134 @@ static int run_fanout(conn_t *cs, long C, int ep, hist_t *lat, uint64_t *sent_at
     return 0;
 }
 
+/* Echo parser for stream/bulk: where the frame being read stands. */
+typedef struct rx_state {
+    uint8_t hdr[10]; /* header bytes so far */
+    size_t hlen;     /* ... how many */
+    size_t need;     /* header length once known (0 = not yet) */
+    size_t plen;     /* payload length of the frame being read */
+    size_t pos;      /* payload bytes checked */
+    int in_payload;
+    long k;          /* echoes verified */
+} rx_state;
+
+/* Checks the n bytes at p against the echoes due; -1 on a wrong byte. */
+static int take_bytes(rx_state *st, const uint8_t *p, size_t n)
+{
+    while (n) {
+        if (!st->in_payload) {
+            st->hdr[st->hlen++] = *p++;
+            n--;
+            if (st->hlen == 2) {
+                uint8_t b = st->hdr[1];
+                if (st->hdr[0] != 0x82 || (b & 0x80))
+                    return fail("echo %ld: unexpected frame header %02x %02x", st->k, st->hdr[0], b);
+                st->need = (b & 0x7F) == 126 ? 4 : (b & 0x7F) == 127 ? 10 : 2;
+            }
+            if (st->hlen < 2 || st->hlen < st->need)
+                continue;
+            size_t len = st->hdr[1] & 0x7F;
+            if (st->need > 2) {
+                len = 0;
+                for (size_t i = 2; i < st->need; i++)
+                    len = len << 8 | st->hdr[i];
+            }
+            if (st->k >= A.n || len != (size_t)A.size)
+                return fail("echo %ld: %zu bytes, want %ld", st->k, len, A.size);
+            st->plen = len;
+            st->pos = 0;
+            st->hlen = 0;
+            st->in_payload = 1;
+        }
+        size_t take = st->plen - st->pos < n ? st->plen - st->pos : n;
+        if (check_chunk(p, take, st->pos, (uint64_t)st->k, st->plen, 0))
+            return fail("echo %ld: wrong content at %zu", st->k, st->pos);
+        st->pos += take;
+        p += take;
+        n -= take;
+        if (st->pos == st->plen) {
+            st->in_payload = 0;
+            st->k++;
+        }
+    }
+    return 0;
+}
+
+static int run_stream(int fd, uint64_t *t0, uint64_t *t1)
+{
+    size_t flen = (size_t)A.size + 14;
+    size_t tx_cap = flen > TX_BATCH ? flen : TX_BATCH;
+    uint8_t *tx = malloc(tx_cap), *rx = malloc(BIG_RX_CAP);
+    size_t tx_len = 0, tx_off = 0;
+    long built = 0;
+    uint64_t rng = 0x9E3779B97F4A7C15ull;
+    rx_state st = {0};
+    int rc = 0;
+    *t0 = now_ns();
+    while (st.k < A.n && !rc) {
+        int progress = 0, more = tx_off < tx_len || built < A.n;
+        if (tx_off == tx_len && built < A.n) {
+            tx_len = tx_off = 0;
+            do
+                tx_len += build_frame(tx + tx_len, (uint64_t)built++, &rng);
+            while (built < A.n && tx_len + flen <= TX_BATCH);
+        }
+        if (more) {
+            ssize_t r = send(fd, tx + tx_off, tx_len - tx_off, MSG_DONTWAIT | MSG_NOSIGNAL);
+            if (r > 0) {
+                tx_off += (size_t)r;
+                progress = 1;
+            } else if (errno != EAGAIN) {
+                rc = fail("send: %s", strerror(errno));
+                break;
+            }
+        }
+        /* Reads until one comes up short: the queue is drained. */
+        ssize_t r;
+        do {
+            r = recv(fd, rx, BIG_RX_CAP, MSG_DONTWAIT);
+            if (r > 0) {
+                rc = take_bytes(&st, rx, (size_t)r);
+                progress = 1;
+            } else if (r == 0) {
+                rc = fail("closed by the server after %ld echoes", st.k);
+            } else if (errno != EAGAIN) {
+                rc = fail("recv: %s", strerror(errno));
+            }
+        } while (r == BIG_RX_CAP && !rc);
+        if (!progress && !rc) {
+            struct pollfd pf = {.fd = fd, .events = (short)(POLLIN | (more ? POLLOUT : 0))};
+            if (poll(&pf, 1, 10000) == 0)
+                rc = fail("timed out: %ld of %ld echoes", st.k, A.n);
+        }
+    }
+    *t1 = now_ns();
+    free(tx);
+    free(rx);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     bench_parse_args(argc, argv, &A);
     char host[64];
     unsigned port = 0;
     int pos = 0;
-    if (strcmp(A.workload, "fanout") || sscanf(A.url, "ws://%63[0-9.]:%u%n", host, &port, &pos) != 2 ||
-        A.url[pos] != '/' || A.size > 65535) {
-        fprintf(stderr, "%s: only --workload fanout, ws://IPv4:PORT/PATH and --size up to 65535\n", argv[0]);
+    int fan = !strcmp(A.workload, "fanout");
+    int one = !strcmp(A.workload, "stream") || !strcmp(A.workload, "bulk");
+    if ((!fan && !one) || sscanf(A.url, "ws://%63[0-9.]:%u%n", host, &port, &pos) != 2 || A.url[pos] != '/' ||
+        A.size < 8 || (fan && A.size > 65535)) {
+        fprintf(stderr, "%s: only --workload fanout|stream|bulk, ws://IPv4:PORT/PATH, --size from 8 "
+                        "(fanout: up to 65535)\n", argv[0]);
         return 2;
     }
     struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
     inet_pton(AF_INET, host, &sa.sin_addr);
     raise_nofile();
     pattern_init((size_t)A.size);
-    long C = A.conns;
+    long C = fan ? A.conns : 1;
     conn_t *cs = calloc((size_t)C, sizeof *cs);
-    uint64_t *sent_at = calloc((size_t)(C * A.n), sizeof *sent_at);
+    uint64_t *sent_at = fan ? calloc((size_t)(C * A.n), sizeof *sent_at) : NULL;
     static hist_t lat;
     int ep = epoll_create1(EPOLL_CLOEXEC);
     int rc = 0;
@@ -228,17 +369,23 @@ int main(int argc, char **argv)
     }
     uint64_t t0 = 0, t1 = 0, late_max = 0, cpu0 = self_cpu_us(), srv0 = proc_cpu_ns(A.server_pid);
     if (!rc)
-        rc = run_fanout(cs, C, ep, &lat, sent_at, &late_max, &t0, &t1);
+        rc = fan ? run_fanout(cs, C, ep, &lat, sent_at, &late_max, &t0, &t1) : run_stream(cs[0].fd, &t0, &t1);
     uint64_t cpu1 = self_cpu_us(), srv1 = proc_cpu_ns(A.server_pid);
     json_head("raw-sockets", &A);
-    json_num("conns", (double)C);
-    json_num("rate", (double)A.rate);
-    json_num("duration_s", A.duration);
+    if (fan) {
+        json_num("conns", (double)C);
+        json_num("rate", (double)A.rate);
+        json_num("duration_s", A.duration);
+    }
     if (!rc) {
         json_interval(C * A.n, A.size, t0, t1, cpu0, cpu1, srv0, srv1, A.server_pid);
-        json_num("lat_median_us", hist_percentile_us(&lat, 0.5));
-        json_num("lat_p99_us", hist_percentile_us(&lat, 0.99));
-        json_num("send_late_max_us", (double)late_max / 1e3);
+        if (fan) {
+            json_num("lat_median_us", hist_percentile_us(&lat, 0.5));
+            json_num("lat_p99_us", hist_percentile_us(&lat, 0.99));
+            json_num("send_late_max_us", (double)late_max / 1e3);
+        } else {
+            json_num("maxrss_kb", (double)self_maxrss_kb());
+        }
         json_str("nodelay", nodelay_state());
     } else {
         json_str("error", g_err);
