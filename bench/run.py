@@ -946,10 +946,12 @@ def write_report(records, info, path, jsonl_path, argv):
                               for o in own if summ.get((name, o), {}).get("cpu_us_per_msg"))))
     if floors:
         L.append("Floors: the `%s` client (no WebSocket library, one thread; see bench/README.md, \"Floor\") did "
-                 "the same ws:// work with only the system calls and byte handling any client needs. Its CPU per "
-                 "message is the kernel's share plus payload generation, masking and verification, paid by every "
-                 "client; a target asking for less than the floor cannot be met by any library. Client CPU µs per "
-                 "message (median, min–max):\n" % FLOOR)
+                 "the same ws:// work with only the system calls and byte handling any client needs: its CPU per "
+                 "message approximates the kernel's share plus the payload generation, masking and verification "
+                 "every client does. It is a simple client, not a proven lower bound (a library that batches "
+                 "better can come in under it, and run-to-run noise moves it like every other figure), but a "
+                 "target asking for well under it asks a library to cost less than doing nothing of its own. "
+                 "Client CPU µs per message (median, min–max):\n" % FLOOR)
         L.extend(floors)
         L.append("")
 
