@@ -1976,9 +1976,9 @@ impl Client {
     /// queued, leave in one write. A burst the application was coalescing
     /// before the batch (deadline `held`, set by a sending thread or
     /// before `pj_websock_poll()`) is left to its deadline or size unless
-    /// a reply goes out anyway: flushing it here would send whatever few
-    /// frames the sender queued since its last write, a small write that
-    /// costs both ends a wake-up.
+    /// a reply goes out anyway, and so are callback sends that joined it:
+    /// flushing it here would send whatever few frames the sender queued
+    /// since its last write, a small write that costs both ends a wake-up.
     fn flush_after_read(
         &self,
         cx: &mut Cx<'_>,
