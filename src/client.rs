@@ -1784,14 +1784,15 @@ impl Client {
         }
         let mut recycled: Option<Vec<u8>> = None;
         // A burst the application was already coalescing when this batch
-        // began keeps its deadline (see `flush_after_read`).
-        let mut held: Option<Option<Instant>> = None;
+        // began keeps its deadline (see `flush_after_read`): that deadline,
+        // taken under the first lock.
+        let mut at_start: Option<Option<Instant>> = None;
         'reads: for round in 1..=READS_PER_EVENT {
             let Some(mut g) = self.lock_current(token) else {
                 break;
             };
             let Some(link) = g.link.as_mut() else { break };
-            let held = *held.get_or_insert(link.flush_deadline);
+            let held = *at_start.get_or_insert(link.flush_deadline);
             if let Some(v) = recycled.take() {
                 if link.recycle(v) {
                     self.rearm(link);

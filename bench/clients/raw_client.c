@@ -15,10 +15,11 @@
  * `--workload stream` and `--workload bulk` get the same treatment on one
  * connection: frames are built and masked in place (a fresh key each) into
  * one send buffer of up to TX_BATCH bytes (or one larger frame), which goes
- * out with as few send() calls as the socket takes; echoes are read RX_CAP
- * bytes at a time into one buffer and checked where they lie, a frame
- * spanning reads checked piece by piece. One send and one recv per turn,
- * poll() only when neither made progress.
+ * out with as few send() calls as the socket takes; echoes are read
+ * BIG_RX_CAP bytes at a time into one buffer and checked where they lie, a
+ * frame spanning reads checked piece by piece. Each turn makes one send()
+ * and recv()s until one comes up short; poll() only when a turn moved
+ * nothing.
  *
  * ws:// URLs whose host is an IPv4 literal only.
  */
@@ -34,9 +35,7 @@
 /* stream/bulk: bytes of whole frames per send buffer (as the libraries
  * coalesce), and bytes per recv(). */
 #define TX_BATCH (128 * 1024)
-#ifndef BIG_RX_CAP
 #define BIG_RX_CAP (64 * 1024)
-#endif
 
 typedef struct conn {
     int fd;
@@ -344,8 +343,8 @@ int main(int argc, char **argv)
     unsigned port = 0;
     int pos = 0;
     int fan = !strcmp(A.workload, "fanout");
-    int one = !strcmp(A.workload, "stream") || !strcmp(A.workload, "bulk");
-    if ((!fan && !one) || sscanf(A.url, "ws://%63[0-9.]:%u%n", host, &port, &pos) != 2 || A.url[pos] != '/' ||
+    int single = !strcmp(A.workload, "stream") || !strcmp(A.workload, "bulk");
+    if ((!fan && !single) || sscanf(A.url, "ws://%63[0-9.]:%u%n", host, &port, &pos) != 2 || A.url[pos] != '/' ||
         A.size < 8 || (fan && A.size > 65535)) {
         fprintf(stderr, "%s: only --workload fanout|stream|bulk, ws://IPv4:PORT/PATH, --size from 8 "
                         "(fanout: up to 65535)\n", argv[0]);
