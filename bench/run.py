@@ -1049,7 +1049,8 @@ def write_report(records, info, path, jsonl_path, argv):
              "payload unmasked straight into the output, whole reads answered by one write), TCP_NODELAY, "
              "backlog 8192, pinned to its own core; checks mask bit, RSV, opcodes, control frames and "
              "fragmentation and logs violations, which fail the run; wss:// through OpenSSL with Mozilla's "
-             "intermediate v5 settings (TLS 1.2 and 1.3, the client's cipher choice). A write blocked for "
+             "intermediate v5 settings (TLS 1.2 and 1.3, the client's cipher choice: libpjwebsock "
+             "negotiates TLS_AES_128_GCM_SHA256, the peers TLS_AES_256_GCM_SHA384). A write blocked for "
              "10 ms makes it read what waits unread and echo it afterwards (see bench/README.md; only "
              "Boost.Beast's stream workload gets there).")
     L.append("")

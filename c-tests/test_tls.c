@@ -6,7 +6,7 @@
  *   TLS_CLIENT_PASSWORD  password of client-enc.key
  *   TLS_PORT_<NAME>      VALID WRONGHOST EXPIRED SELFSIGNED IPONLY IPONLY2
  *                        MTLS MTLSRAW MTLSSYNC TLS12 TLS13 PLAIN RAW STALL
- *                        REFUSED
+ *                        CLIENTPREF CLIENTPREF12 REFUSED
  *   TLS_PIN_<NAME>       hex SHA-256 of the SPKI of VALID, WRONGHOST,
  *                        SELFSIGNED
  *   PJWS_TEST_TMPDIR     scratch directory (a FIFO as CA file; /tmp if unset)
@@ -28,6 +28,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__aarch64__) && defined(__linux__)
+#include <sys/auxv.h>
+#endif
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -1150,6 +1153,43 @@ static void case_cipher(t_case *tc, void *arg)
     open_sni_check(tc, "localhost", port, &o, NULL, NULL, cc->want, NULL);
 }
 
+/* Whether the CPU has AES and carry-less multiply instructions */
+static int aes_in_hardware(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("aes") && __builtin_cpu_supports("pclmul");
+#elif defined(__aarch64__) && defined(__linux__)
+    unsigned long hw = getauxval(AT_HWCAP);
+    return (hw & HWCAP_AES) && (hw & HWCAP_PMULL);
+#else
+    return 0;
+#endif
+}
+
+typedef struct default_cipher_case {
+    const char *port_name; /* a server that takes the client's order */
+    unsigned proto;
+    const char *want_aes_hw; /* OpenSSL name the server reports */
+    const char *want_no_aes_hw;
+} default_cipher_case;
+
+/* No ssl_param ciphers: the library offers AES-128-GCM first where the CPU
+ * has AES instructions, ChaCha20-Poly1305 first where it has not. */
+static void case_default_cipher(t_case *tc, void *arg)
+{
+    const default_cipher_case *dc = arg;
+    int port;
+    if (!need_env(tc) || (port = port_of(tc, dc->port_name)) < 0)
+        return;
+    tls_opts o = with_ca();
+    o.use_sslp = 1;
+    o.verify_peer = 1;
+    o.proto = dc->proto;
+    open_sni_check(tc, "localhost", port, &o, NULL, NULL, aes_in_hardware() ? dc->want_aes_hw : dc->want_no_aes_hw,
+                   NULL);
+}
+
 static void case_cipher_unknown(t_case *tc, void *arg)
 {
     (void)arg;
@@ -1969,6 +2009,18 @@ int main(void)
         t_run("ssl_param ciphers: TLS 1.3 suite 0x1303 is the one negotiated", case_cipher, (void *)&c13);
     }
     t_run("ssl_param ciphers with no known suite -> ETLS_CONFIG", case_cipher_unknown, NULL);
+    {
+        static const default_cipher_case d13 = {"CLIENTPREF", 0, "TLS_AES_128_GCM_SHA256",
+                                                "TLS_CHACHA20_POLY1305_SHA256"};
+        static const default_cipher_case d12 = {"CLIENTPREF12", 0, "ECDHE-ECDSA-AES128-GCM-SHA256",
+                                                "ECDHE-ECDSA-CHACHA20-POLY1305"};
+        t_run("default suites, TLS 1.3 server taking the client's order: AES-128-GCM with AES instructions, "
+              "else ChaCha20-Poly1305",
+              case_default_cipher, (void *)&d13);
+        t_run("default suites, TLS 1.2 server taking the client's order: ECDHE-ECDSA-AES128-GCM with AES "
+              "instructions, else ECDHE-ECDSA-CHACHA20-POLY1305",
+              case_default_cipher, (void *)&d12);
+    }
 
     /* pinning */
     {

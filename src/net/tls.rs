@@ -93,6 +93,87 @@ fn cipher_strings(ids: &[u16]) -> Result<(String, String), ErrorStack> {
     Ok((v12.join(":"), v13.join(":")))
 }
 
+/// The AEAD suites we reorder, by IANA id: AES-128-GCM, AES-256-GCM and
+/// ChaCha20-Poly1305, for TLS 1.3 and for TLS 1.2 with ECDHE (ECDSA and
+/// RSA certificates).
+const AES128_GCM: [u16; 3] = [0x1301, 0xC02B, 0xC02F];
+const AES256_GCM: [u16; 3] = [0x1302, 0xC02C, 0xC030];
+const CHACHA20: [u16; 3] = [0x1303, 0xCCA9, 0xCCA8];
+
+/// Whether the CPU encrypts AES-GCM in hardware (AES and carry-less
+/// multiply instructions).
+fn aes_in_hardware() -> bool {
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    return std::arch::is_x86_feature_detected!("aes")
+        && std::arch::is_x86_feature_detected!("pclmulqdq");
+    #[cfg(target_arch = "aarch64")]
+    return std::arch::is_aarch64_feature_detected!("aes")
+        && std::arch::is_aarch64_feature_detected!("pmull");
+    #[allow(unreachable_code)]
+    false
+}
+
+/// Where a suite goes in the order we offer: with AES in hardware,
+/// AES-128-GCM, then AES-256-GCM, then ChaCha20-Poly1305 (browsers' and
+/// Go's order: 128-bit AES costs about 30 % less CPU per byte than 256-bit
+/// and is what TLS 1.3 requires every peer to support); without it,
+/// ChaCha20-Poly1305 first. Other suites keep their place after these.
+fn suite_rank(id: u16, aes_hw: bool) -> u8 {
+    let (aes128, aes256, chacha) = if aes_hw { (0, 1, 2) } else { (1, 2, 0) };
+    if AES128_GCM.contains(&id) {
+        aes128
+    } else if AES256_GCM.contains(&id) {
+        aes256
+    } else if CHACHA20.contains(&id) {
+        chacha
+    } else {
+        3
+    }
+}
+
+extern "C" {
+    fn SSL_CTX_get_ciphers(ctx: *const c_void) -> *const c_void;
+    fn OPENSSL_sk_num(st: *const c_void) -> c_int;
+    fn OPENSSL_sk_value(st: *const c_void, i: c_int) -> *const c_void;
+    fn SSL_CIPHER_get_protocol_id(c: *const c_void) -> u16;
+}
+
+/// The IANA ids of the suites a context offers, in its order (TLS 1.3
+/// ones first, as OpenSSL keeps them).
+fn offered_suites(b: &SslContextBuilder) -> Vec<u16> {
+    // SAFETY: `b` is a live SSL_CTX; the stack it returns stays owned by
+    // the context and is read before anything changes it.
+    unsafe {
+        let sk = SSL_CTX_get_ciphers(b.as_ptr() as *const c_void);
+        if sk.is_null() {
+            return Vec::new();
+        }
+        (0..OPENSSL_sk_num(sk))
+            .map(|i| SSL_CIPHER_get_protocol_id(OPENSSL_sk_value(sk, i)))
+            .collect()
+    }
+}
+
+/// Reorders the suites the context already offers (OpenSSL's defaults,
+/// or what the system's OpenSSL configuration allows) by `suite_rank`.
+/// Never adds or removes one, so a system policy still holds.
+fn prefer_cheap_aead(b: &mut SslContextBuilder, aes_hw: bool) -> Result<(), ErrorStack> {
+    let now = offered_suites(b);
+    let mut order = now.clone();
+    order.sort_by_key(|&id| suite_rank(id, aes_hw));
+    if order == now {
+        return Ok(());
+    }
+    let (v12, v13) = cipher_strings(&order)?;
+    if !v13.is_empty() {
+        b.set_ciphersuites(&v13)?;
+    }
+    if !v12.is_empty() {
+        b.set_cipher_list(&v12)?;
+    }
+    Ok(())
+}
+
 fn build(cfg: &TlsConfig) -> Result<SslContext, pj_status_t> {
     let cfg_err = |_| PJ_WEBSOCK_ETLS_CONFIG;
     let (min, max) = proto_bounds(cfg.proto)?;
@@ -111,7 +192,9 @@ fn build(cfg: &TlsConfig) -> Result<SslContext, pj_status_t> {
             | SslMode::ENABLE_PARTIAL_WRITE
             | SslMode::ACCEPT_MOVING_WRITE_BUFFER,
     );
-    if !cfg.ciphers.is_empty() {
+    if cfg.ciphers.is_empty() {
+        prefer_cheap_aead(&mut b, aes_in_hardware()).map_err(cfg_err)?;
+    } else {
         let (v12, v13) = cipher_strings(&cfg.ciphers).map_err(cfg_err)?;
         if v12.is_empty() && v13.is_empty() {
             return Err(PJ_WEBSOCK_ETLS_CONFIG);
@@ -625,6 +708,84 @@ pub enum TlsIoError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn names(ids: &[u16]) -> Vec<String> {
+        let (v12, v13) = cipher_strings(ids).unwrap();
+        v13.split(':')
+            .chain(v12.split(':'))
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect()
+    }
+
+    fn reordered(v13: Option<&str>, v12: Option<&str>, aes_hw: bool) -> Vec<String> {
+        let mut b = SslContextBuilder::new(SslMethod::tls_client()).unwrap();
+        if let Some(v) = v13 {
+            b.set_ciphersuites(v).unwrap();
+        }
+        if let Some(v) = v12 {
+            b.set_cipher_list(v).unwrap();
+        }
+        let before = offered_suites(&b);
+        prefer_cheap_aead(&mut b, aes_hw).unwrap();
+        let after = offered_suites(&b);
+        let (mut x, mut y) = (before.clone(), after.clone());
+        x.sort_unstable();
+        y.sort_unstable();
+        assert_eq!(x, y, "the set of suites changed");
+        names(&after)
+    }
+
+    #[test]
+    fn default_suites_put_aes128_gcm_first_with_aes_hardware() {
+        let got = reordered(None, None, true);
+        assert_eq!(
+            got[..3],
+            [
+                "TLS_AES_128_GCM_SHA256",
+                "TLS_AES_256_GCM_SHA384",
+                "TLS_CHACHA20_POLY1305_SHA256"
+            ]
+        );
+        let pos = |n: &str| got.iter().position(|s| s == n).unwrap();
+        assert!(pos("ECDHE-ECDSA-AES128-GCM-SHA256") < pos("ECDHE-ECDSA-AES256-GCM-SHA384"));
+        assert!(pos("ECDHE-RSA-AES128-GCM-SHA256") < pos("ECDHE-RSA-AES256-GCM-SHA384"));
+        assert!(pos("ECDHE-RSA-AES256-GCM-SHA384") < pos("ECDHE-RSA-CHACHA20-POLY1305"));
+    }
+
+    #[test]
+    fn default_suites_put_chacha20_first_without_aes_hardware() {
+        let got = reordered(None, None, false);
+        assert_eq!(
+            got[..3],
+            [
+                "TLS_CHACHA20_POLY1305_SHA256",
+                "TLS_AES_128_GCM_SHA256",
+                "TLS_AES_256_GCM_SHA384"
+            ]
+        );
+        let pos = |n: &str| got.iter().position(|s| s == n).unwrap();
+        assert!(pos("ECDHE-ECDSA-CHACHA20-POLY1305") < pos("ECDHE-ECDSA-AES128-GCM-SHA256"));
+    }
+
+    #[test]
+    fn reordering_never_adds_a_suite_a_policy_left_out() {
+        // A policy allowing only AES-256-GCM and ChaCha20 (TLS 1.3) and one
+        // CBC suite (TLS 1.2): nothing is added, others keep their order.
+        let got = reordered(
+            Some("TLS_CHACHA20_POLY1305_SHA256:TLS_AES_256_GCM_SHA384"),
+            Some("ECDHE-RSA-AES128-SHA"),
+            true,
+        );
+        assert_eq!(
+            got,
+            [
+                "TLS_AES_256_GCM_SHA384",
+                "TLS_CHACHA20_POLY1305_SHA256",
+                "ECDHE-RSA-AES128-SHA"
+            ]
+        );
+    }
 
     #[test]
     fn free_buffers_fix_by_version() {

@@ -8,7 +8,8 @@ with ephemeral ports; once all listen, one JSON line goes to stdout:
 
     {"valid": P, "wronghost": P, "expired": P, "selfsigned": P,
      "iponly": P, "iponly2": P or null, "mtls": P, "tls12": P, "tls13": P,
-     "plain": P, "raw": P, "mtlsraw": P, "mtlssync": P, "stall": P}
+     "plain": P, "raw": P, "mtlsraw": P, "mtlssync": P, "stall": P,
+     "clientpref": P, "clientpref12": P}
 
 websockets servers (one per TLS variant), each recording the SNI that
 every connection presented (ssl context sni_callback):
@@ -22,6 +23,10 @@ every connection presented (ssl context sni_callback):
   tls12       valid.pem, TLS 1.2 only
   tls13       valid.pem, TLS 1.3 only
   plain       no TLS at all (ws://; a wss:// client meets HTTP 400)
+  clientpref  valid.pem, TLS 1.2 and 1.3, picking the first suite in the
+              client's order (the others prefer their own order, as
+              Python's ssl does by default)
+  clientpref12  the same, TLS 1.2 only
 Paths on those:
   /sni        first a text message, JSON: {"sni": name or null,
               "version": "TLSv1.3", "cipher": "...", "peer_cn": CN of the
@@ -127,8 +132,10 @@ def record_sni(sslobj, server_name, ctx):
     return None
 
 
-def make_ctx(certs: Path, name: str, *, min_v=None, max_v=None, client_ca=None):
+def make_ctx(certs: Path, name: str, *, min_v=None, max_v=None, client_ca=None, client_order=False):
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    if client_order:
+        ctx.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
     ctx.load_cert_chain(str(certs / (name + ".pem")), str(certs / (name + ".key")))
     if min_v:
         ctx.minimum_version = min_v
@@ -606,6 +613,8 @@ async def main_async(args):
     await start("tls12", make_ctx(certs, "valid", max_v=ssl.TLSVersion.TLSv1_2))
     await start("tls13", make_ctx(certs, "valid", min_v=ssl.TLSVersion.TLSv1_3))
     await start("plain", None)
+    await start("clientpref", make_ctx(certs, "valid", client_order=True))
+    await start("clientpref12", make_ctx(certs, "valid", max_v=ssl.TLSVersion.TLSv1_2, client_order=True))
     raw = RawServer(make_ctx(certs, "valid"))
     ports["raw"] = raw.port
     mtls_raw = RawServer(make_ctx(certs, "valid", client_ca=ca))
