@@ -1179,15 +1179,8 @@ typedef struct default_cipher_case {
 static void case_default_cipher(t_case *tc, void *arg)
 {
     const default_cipher_case *dc = arg;
-    int port;
-    if (!need_env(tc) || (port = port_of(tc, dc->port_name)) < 0)
-        return;
-    tls_opts o = with_ca();
-    o.use_sslp = 1;
-    o.verify_peer = 1;
-    o.proto = dc->proto;
-    open_sni_check(tc, "localhost", port, &o, NULL, NULL, aes_in_hardware() ? dc->want_aes_hw : dc->want_no_aes_hw,
-                   NULL);
+    cipher_case cc = {dc->port_name, dc->proto, {0, 0}, 0, aes_in_hardware() ? dc->want_aes_hw : dc->want_no_aes_hw};
+    case_cipher(tc, &cc);
 }
 
 static void case_cipher_unknown(t_case *tc, void *arg)
